@@ -1,0 +1,45 @@
+"""sglang-concur: CONCUR agent-level admission control inside SGLang's scheduler.
+
+Loaded by SGLang from the `sglang.srt.plugins` entry point in every process; nothing changes in
+SGLang's behaviour until a server or Engine is started with --concur-enable / concur_enable=True.
+"""
+
+__version__ = "0.1.0"
+
+
+def plugin() -> None:
+    """Entry point: register the hooks (SGLang applies them right after)."""
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    from sglang_concur import ipc, scheduler_hook, server_hook as h
+
+    ipc.register()
+    sa, eng = "sglang.srt.server_args.ServerArgs", "sglang.srt.entrypoints.engine.Engine"
+    for target, hook, kind in [
+        (f"{sa}.add_cli_args", h.add_cli_args_after, HookType.AFTER),
+        (f"{sa}.from_cli_args", h.from_cli_args_around, HookType.AROUND),
+        (f"{eng}.__init__", h.engine_init_around, HookType.AROUND),
+        (f"{eng}.generate", h.engine_generate_around, HookType.AROUND),
+        (f"{eng}.async_generate", h.engine_async_generate_around, HookType.AROUND),
+        ("sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request", h.generate_request_around, HookType.AROUND),
+        ("sglang.srt.entrypoints.http_server.launch_server", h.launch_server_around, HookType.AROUND),
+        ("sglang.srt.managers.scheduler.Scheduler.__init__", _scheduler_init_after, HookType.AFTER),
+    ]:
+        HookRegistry.register(target, hook, kind)
+    _add_engine_methods()
+
+
+def _scheduler_init_after(result, scheduler, *args, **kwargs):
+    from sglang_concur.scheduler_hook import attach
+
+    attach(scheduler)
+    return result
+
+
+def _add_engine_methods() -> None:
+    from sglang.srt.entrypoints.engine import Engine
+
+    from sglang_concur import server_hook as h
+
+    Engine.concur_status = h.engine_concur_status
+    Engine.concur_end_agent = h.engine_concur_end_agent

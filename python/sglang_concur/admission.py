@@ -1,0 +1,113 @@
+"""Agent-level admission: which agents may have requests scheduled.  Pure: no SGLang, no clock
+(the caller passes `now`), so every rule here is tested in microseconds.
+
+An agent is WAITING from its first request until a window slot is free, then ACTIVE until it ends
+(explicit end, or `idle_timeout` seconds with nothing queued or in flight).  When the window is
+smaller than the number of active agents, an active agent whose next turn arrives with nothing
+of its own in flight (a turn boundary) is PAUSED: its requests wait, nothing running is touched.
+Free slots go to paused agents first (in pause order), then to waiting agents (in arrival order).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Set
+
+
+class AgentState(str, enum.Enum):
+    WAITING = "waiting"
+    ACTIVE = "active"
+    PAUSED = "paused"
+
+
+@dataclass(slots=True)
+class Agent:
+    agent_id: str
+    state: AgentState
+    seq: int  # arrival order while WAITING, pause order while PAUSED, admission order if ACTIVE
+    last_seen: float  # last time it had a request queued or in flight
+    admissions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    active: int
+    paused: int
+    waiting: int
+
+
+@dataclass(slots=True)
+class AdmissionTable:
+    idle_timeout: float
+    agents: Dict[str, Agent] = field(default_factory=dict)
+    _seq: "itertools.count[int]" = field(default_factory=itertools.count)
+    _active: Set[str] = field(default_factory=set)
+
+    def update(self, slots: int, wanting: Iterable[str], busy: Set[str], now: float) -> Set[str]:
+        """One gate decision.  `wanting`: agents with queued requests, in queue order; `busy`: agents
+        with requests in flight.  Returns the ids of the ACTIVE agents (whose requests may run)."""
+        agents = self.agents
+        for aid in busy:
+            a = agents.get(aid)
+            if a is None:  # in flight before we knew it (e.g. after an explicit end): it holds a slot
+                a = agents[aid] = Agent(aid, AgentState.ACTIVE, next(self._seq), now)
+                self._active.add(aid)
+            elif a.state is not AgentState.ACTIVE:
+                self._set(a, AgentState.ACTIVE)
+            a.last_seen = now
+        over = len(self._active) - slots
+        claims: List[Agent] = []
+        for aid in wanting:
+            a = agents.get(aid)
+            if a is None:
+                a = agents[aid] = Agent(aid, AgentState.WAITING, next(self._seq), now)
+            a.last_seen = now
+            if a.state is AgentState.ACTIVE:
+                if over > 0 and aid not in busy:  # a turn boundary while the window is shrinking
+                    self._set(a, AgentState.PAUSED)
+                    over -= 1
+            else:
+                claims.append(a)
+        free = slots - len(self._active)
+        if free > 0 and claims:
+            claims.sort(key=lambda a: (a.state is not AgentState.PAUSED, a.seq))
+            for a in claims[:free]:
+                self._set(a, AgentState.ACTIVE)
+                a.admissions += 1
+        return self._active
+
+    def touch(self, busy: Set[str], now: float) -> None:
+        """Agents with requests in flight are not idle."""
+        for aid in busy:
+            a = self.agents.get(aid)
+            if a is not None:
+                a.last_seen = now
+
+    def expire(self, now: float) -> List[str]:
+        """End the agents idle for longer than `idle_timeout`; returns their ids."""
+        gone = [a.agent_id for a in self.agents.values() if now - a.last_seen > self.idle_timeout]
+        for aid in gone:
+            self.end(aid)
+        return gone
+
+    def end(self, agent_id: str) -> bool:
+        """Explicit end of an agent: its slot frees at once.  Requests it still has in flight keep
+        running; a later request starts it again as a new agent."""
+        a = self.agents.pop(agent_id, None)
+        self._active.discard(agent_id)
+        return a is not None
+
+    def counts(self) -> Counts:
+        n = len(self.agents)
+        paused = sum(1 for a in self.agents.values() if a.state is AgentState.PAUSED)
+        return Counts(active=len(self._active), paused=paused, waiting=n - len(self._active) - paused)
+
+    def _set(self, a: Agent, state: AgentState) -> None:
+        if state is AgentState.ACTIVE:
+            self._active.add(a.agent_id)
+        elif a.state is AgentState.ACTIVE:
+            self._active.discard(a.agent_id)
+        a.state = state
+        a.seq = next(self._seq)

@@ -1,0 +1,1 @@
+"""Agentic batch benchmark: traces, the closed-loop runner, the comparison and the sweep."""

@@ -1,0 +1,257 @@
+"""The controller inside SGLang's scheduler process: glue between `Scheduler` and the pure parts.
+
+Hook points (all installed per instance, only when --concur-enable):
+- `Scheduler.get_new_batch_prefill`: the gate.  Requests of agents that are not active stay in
+  `waiting_queue` (so SGLang's queue metrics, limits and aborts still see them) but are hidden from
+  this one prefill pass.  Running requests are never touched.
+- the request dispatcher: `ConcurControlReq` (status, end agent).
+Every decision reads only state that is identical on every TP rank (waiting queue, running batch,
+KV pool counts) and a clock broadcast from TP rank 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Set
+
+from sglang_concur.admission import AdmissionTable, AgentState
+from sglang_concur.config import ConcurConfig
+from sglang_concur.control import Policy, Signals, slots
+from sglang_concur.ipc import ConcurControlReq, ConcurControlReqOutput
+
+logger = logging.getLogger("sglang_concur")
+
+
+@dataclass(slots=True)
+class IntervalStats:
+    hit_tokens: int = 0
+    input_tokens: int = 0
+
+    def hit_rate(self) -> Optional[float]:
+        return self.hit_tokens / self.input_tokens if self.input_tokens else None
+
+
+@dataclass
+class ConcurController:
+    """Window + admission table + control clock.  Knows nothing of SGLang."""
+
+    config: ConcurConfig
+    policy: Policy
+    table: AdmissionTable
+    window: float
+    next_control: float
+    interval: IntervalStats = field(default_factory=IntervalStats)
+    window_changes: Dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+    last_signals: Optional[Signals] = None
+    held_requests: int = 0
+
+    @classmethod
+    def create(cls, config: ConcurConfig, now: float) -> "ConcurController":
+        return cls(config, config.policy(), AdmissionTable(config.concur_idle_timeout),
+                   float(config.concur_initial_window), now + config.concur_control_interval)
+
+    def control_step(self, now: float, kv_usage: float, busy: Set[str]) -> Optional[tuple]:
+        """Advance the window; returns (old, new) slot counts when they changed."""
+        self.next_control = now + self.config.concur_control_interval
+        self.table.touch(busy, now)
+        self.table.expire(now)
+        s = Signals(kv_usage=kv_usage, hit_rate=self.interval.hit_rate())
+        self.last_signals, self.interval = s, IntervalStats()
+        old = slots(self.window)
+        self.window = self.policy.next_window(self.window, s)
+        new = slots(self.window)
+        if new == old:
+            return None
+        self.window_changes["up" if new > old else "down"] += 1
+        return old, new
+
+    def status(self) -> Dict[str, Any]:
+        c = self.table.counts()
+        s = self.last_signals
+        return {
+            "policy": self.policy.name,
+            "window": slots(self.window),
+            "window_raw": self.window,
+            "active_agents": c.active,
+            "paused_agents": c.paused,
+            "waiting_agents": c.waiting,
+            "held_requests": self.held_requests,
+            "window_changes": dict(self.window_changes),
+            "kv_usage": None if s is None else s.kv_usage,
+            "hit_rate": None if s is None else s.hit_rate,
+            "agents": {a.agent_id: {"state": a.state.value, "admissions": a.admissions,
+                                    "last_seen": a.last_seen}
+                       for a in self.table.agents.values()},
+            "config": self.config.as_dict(),
+        }
+
+
+class SchedulerGate:
+    """Attached to one `Scheduler`; named after the hook it wraps."""
+
+    def __init__(self, scheduler: Any, config: ConcurConfig) -> None:
+        self.scheduler = scheduler
+        self.clock = _make_clock(scheduler)
+        self.controller = ConcurController.create(config, self.clock())
+        self.metrics = _make_metrics(scheduler, config)
+        self._original_prefill = scheduler.get_new_batch_prefill
+        scheduler.get_new_batch_prefill = self.get_new_batch_prefill
+        from sglang.utils import TypeBasedDispatcher
+
+        scheduler._request_dispatcher += TypeBasedDispatcher([(ConcurControlReq, self.handle_control)])
+        logger.info("concur enabled, %s", ", ".join(f"{k}={v}" for k, v in config.as_dict().items()))
+
+    # --- hook: Scheduler.get_new_batch_prefill -------------------------------------------
+    def get_new_batch_prefill(self, running_batch):
+        s, ctl = self.scheduler, self.controller
+        now = self.clock()
+        if now >= ctl.next_control:
+            self._control_step(now, self._busy(running_batch))
+        queue = s.waiting_queue
+        held: List[Any] = []
+        if queue:
+            busy = self._busy(running_batch)
+            wanting = dict.fromkeys(r.routing_key for r in queue if r.routing_key is not None)
+            active = ctl.table.update(slots(ctl.window), wanting, busy, now)
+            held = [r for r in queue if r.routing_key is not None and r.routing_key not in active]
+        ctl.held_requests = len(held)
+        if not held:
+            plan = self._original_prefill(running_batch)
+        else:
+            plan = self._prefill_without(held, running_batch)
+        batch = plan.batch_to_run
+        stats = getattr(batch, "prefill_stats", None) if batch is not None else None
+        if stats is not None:
+            ctl.interval.hit_tokens += stats.log_hit_tokens
+            ctl.interval.input_tokens += stats.log_input_tokens
+        elif held and batch is None and running_batch.is_empty():
+            self._nap()
+        return plan
+
+    def _prefill_without(self, held: List[Any], running_batch):
+        s = self.scheduler
+        before = s.waiting_queue
+        held_ids = set(map(id, held))
+        s.waiting_queue = [r for r in before if id(r) not in held_ids]
+        try:
+            plan = self._original_prefill(running_batch)
+        finally:
+            after = s.waiting_queue
+            kept = set(map(id, after))
+            known = set(map(id, before))
+            s.waiting_queue = [r for r in before if id(r) in held_ids or id(r) in kept] + [
+                r for r in after if id(r) not in known
+            ]
+        return plan
+
+    def _busy(self, running_batch) -> Set[str]:
+        busy = {r.routing_key for r in running_batch.reqs if r.routing_key is not None}
+        chunked = self.scheduler.chunked_req
+        if chunked is not None and chunked.routing_key is not None:
+            busy.add(chunked.routing_key)
+        return busy
+
+    def _control_step(self, now: float, busy: Set[str]) -> None:
+        s, ctl = self.scheduler, self.controller
+        usage = s.pool_stats_observer.get_pool_stats().get_max_pool_usage()
+        changed = ctl.control_step(now, usage, busy)
+        if changed is not None:
+            c, sig = ctl.table.counts(), ctl.last_signals
+            hit = "none" if sig.hit_rate is None else f"{sig.hit_rate:.3f}"
+            logger.info(
+                f"concur window change, old={changed[0]}, new={changed[1]}, policy={ctl.policy.name}, "
+                f"kv_usage={sig.kv_usage:.3f}, hit_rate={hit}, active={c.active}, paused={c.paused}, "
+                f"waiting={c.waiting}"
+            )
+        if self.metrics is not None:
+            self.metrics.observe(ctl, changed)
+
+    def _nap(self) -> None:
+        """Everything queued is held and nothing runs: wait briefly for input instead of spinning."""
+        sleeper = getattr(self.scheduler, "idle_sleeper", None)
+        if sleeper is not None:
+            sleeper.poller.poll(5)
+        else:
+            time.sleep(0.002)
+
+    # --- hook: request dispatcher --------------------------------------------------------
+    def handle_control(self, req: ConcurControlReq) -> ConcurControlReqOutput:
+        ctl = self.controller
+        if req.op == "end":
+            ended = ctl.table.end(req.agent_id)
+            result = {"agent_id": req.agent_id, "ended": ended}
+        elif req.op == "status":
+            result = ctl.status()
+        else:
+            result = {"error": f"unknown op {req.op!r}"}
+        return ConcurControlReqOutput(result=result)
+
+
+def _make_clock(scheduler: Any) -> Callable[[], float]:
+    """Monotonic seconds, identical on every TP rank (rank 0's clock, broadcast) when TP > 1."""
+    group = getattr(scheduler, "tp_cpu_group", None)
+    tp_size = getattr(scheduler, "tp_size", 1)
+    if group is None or tp_size <= 1:
+        return time.monotonic
+    import torch
+    import torch.distributed as dist
+
+    buf = torch.zeros(1, dtype=torch.float64)
+    src = dist.get_global_rank(group, 0)
+
+    def clock() -> float:
+        buf[0] = time.monotonic()
+        dist.broadcast(buf, src=src, group=group)
+        return float(buf[0])
+
+    return clock
+
+
+class _Metrics:
+    def __init__(self, labels: Dict[str, str]) -> None:
+        from prometheus_client import Counter, Gauge
+
+        names = list(labels)
+        self.labels = labels
+
+        def gauge(name: str, doc: str):
+            return Gauge(name, doc, labelnames=names, multiprocess_mode="mostrecent")
+
+        self.window = gauge("sglang:concur_window", "CONCUR agent window (agents that may be active).")
+        self.active = gauge("sglang:concur_active_agents", "Agents holding a window slot.")
+        self.paused = gauge("sglang:concur_paused_agents", "Agents paused at a turn boundary.")
+        self.waiting = gauge("sglang:concur_waiting_agents", "New agents waiting for a slot.")
+        self.held = gauge("sglang:concur_held_requests", "Queued requests held back by the gate.")
+        self.kv_usage = gauge("sglang:concur_kv_usage", "KV usage of running requests at the last control step.")
+        self.hit_rate = gauge("sglang:concur_hit_rate", "Prefix hit rate over the last control interval.")
+        self.changes = Counter("sglang:concur_window_changes", "Window changes.", labelnames=names + ["direction"])
+
+    def observe(self, ctl: ConcurController, changed: Optional[tuple]) -> None:
+        c, lab = ctl.table.counts(), self.labels
+        self.window.labels(**lab).set(slots(ctl.window))
+        self.active.labels(**lab).set(c.active)
+        self.paused.labels(**lab).set(c.paused)
+        self.waiting.labels(**lab).set(c.waiting)
+        self.held.labels(**lab).set(ctl.held_requests)
+        sig = ctl.last_signals
+        self.kv_usage.labels(**lab).set(sig.kv_usage)
+        if sig.hit_rate is not None:
+            self.hit_rate.labels(**lab).set(sig.hit_rate)
+        if changed is not None:
+            self.changes.labels(**lab, direction="up" if changed[1] > changed[0] else "down").inc()
+
+
+def _make_metrics(scheduler: Any, config: ConcurConfig) -> Optional[_Metrics]:
+    collector = getattr(scheduler, "metrics_collector", None)
+    if collector is None:
+        return None
+    return _Metrics(dict(getattr(collector, "labels", {}) or {}))
+
+
+def attach(scheduler: Any) -> None:
+    """After `Scheduler.__init__`: attach the gate when the server was started with --concur-enable."""
+    config = getattr(scheduler.server_args, "_concur_config", None)
+    if config is not None and config.concur_enable:
+        scheduler.concur_gate = SchedulerGate(scheduler, config)
