@@ -18,7 +18,6 @@ def plugin() -> None:
     for target, hook, kind in [
         (f"{sa}.add_cli_args", h.add_cli_args_after, HookType.AFTER),
         (f"{sa}.from_cli_args", h.from_cli_args_around, HookType.AROUND),
-        (f"{eng}.__init__", h.engine_init_around, HookType.AROUND),
         (f"{eng}.generate", h.engine_generate_around, HookType.AROUND),
         (f"{eng}.async_generate", h.engine_async_generate_around, HookType.AROUND),
         ("sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request", h.generate_request_around, HookType.AROUND),
@@ -41,5 +40,8 @@ def _add_engine_methods() -> None:
 
     from sglang_concur import server_hook as h
 
+    Engine.server_args_class = staticmethod(h.engine_server_args)
     Engine.concur_status = h.engine_concur_status
     Engine.concur_end_agent = h.engine_concur_end_agent
+    Engine.async_concur_status = h.engine_async_concur_status
+    Engine.async_concur_end_agent = h.engine_async_concur_end_agent

@@ -4,7 +4,7 @@ Hook points:
 - `ServerArgs.add_cli_args` / `ServerArgs.from_cli_args`: the `--concur-*` flags.  The parsed
   `ConcurConfig` rides on the ServerArgs record as bookkeeping (`_concur_config`), which SGLang
   pickles into every scheduler process.
-- `Engine.__init__` / `Engine.generate` / `Engine.async_generate`: `concur_*` keywords and a
+- `Engine.server_args_class` / `Engine.generate` / `Engine.async_generate`: `concur_*` keywords and a
   `routing_key=` keyword (the agent id).
 - `http_server.launch_server`: the `/concur/*` routes, only with --concur-enable.
 - `TokenizerManager.generate_request`: refuses malformed agent ids, only with --concur-enable.
@@ -44,15 +44,15 @@ def from_cli_args_around(original, cls, args):
     return _attach(original(cls, args), config)
 
 
-# --- hook: Engine.__init__ (AROUND) ------------------------------------------------------
-def engine_init_around(original, self, **kwargs):
+# --- extension point: Engine.server_args_class --------------------------------------------
+def engine_server_args(**kwargs):
+    """What `sglang.Engine(**kwargs)` builds its ServerArgs with: the `concur_*` keywords are taken
+    off first.  (`Engine.__init__` calls `load_plugins()` and then this, so it holds for the very
+    first Engine of a process, which a hook on `__init__` itself would miss.)"""
+    from sglang.srt.server_args import ServerArgs
+
     config = pop_kwargs(kwargs)
-    if "server_args" in kwargs:
-        _attach(kwargs["server_args"], config)
-    elif config.concur_enable:
-        base = type(self).server_args_class
-        self.server_args_class = lambda **kw: _attach(base(**kw), config)
-    return original(self, **kwargs)
+    return _attach(ServerArgs(**kwargs), config)
 
 
 # --- hook: Engine.generate / Engine.async_generate (AROUND) ------------------------------
@@ -102,19 +102,30 @@ def _require_enabled(engine) -> None:
         raise RuntimeError("sglang-concur is not enabled on this Engine (pass concur_enable=True)")
 
 
-def engine_concur_status(self) -> Dict[str, Any]:
+async def engine_async_concur_status(self) -> Dict[str, Any]:
     """The controller's state: window, agents and their state.  One dict per DP rank under 'ranks'."""
     _require_enabled(self)
-    return {"ranks": self.loop.run_until_complete(_control(self.tokenizer_manager, "status"))}
+    return {"ranks": await _control(self.tokenizer_manager, "status")}
 
 
-def engine_concur_end_agent(self, agent_id: str) -> bool:
+async def engine_async_concur_end_agent(self, agent_id: str) -> bool:
     """End an agent: its window slot frees at once.  Returns whether it was known."""
     _require_enabled(self)
     if (err := check_agent_id(agent_id)) is not None:
         raise ValueError(err)
-    outs = self.loop.run_until_complete(_control(self.tokenizer_manager, "end", agent_id))
-    return any(o.get("ended") for o in outs)
+    return any(o.get("ended") for o in await _control(self.tokenizer_manager, "end", agent_id))
+
+
+def engine_concur_status(self) -> Dict[str, Any]:
+    return self.loop.run_until_complete(engine_async_concur_status(self))
+
+
+def engine_concur_end_agent(self, agent_id: str) -> bool:
+    return self.loop.run_until_complete(engine_async_concur_end_agent(self, agent_id))
+
+
+engine_concur_status.__doc__ = engine_async_concur_status.__doc__
+engine_concur_end_agent.__doc__ = engine_async_concur_end_agent.__doc__
 
 
 # --- hook: http_server.launch_server (AROUND) --------------------------------------------

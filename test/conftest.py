@@ -1,0 +1,26 @@
+"""Shared fixtures: the embedded models, and real SGLang servers on CPU (one per test module)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "python"))
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> str:
+    from sglang_concur.tiny_model import main
+
+    path = os.environ.get("SGLANG_CONCUR_MODELS", os.path.join(ROOT, "models"))
+    if not os.path.exists(os.path.join(path, "tiny", "config.json")):
+        main([path])
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(models_dir: str) -> str:
+    return os.path.join(models_dir, "tiny")

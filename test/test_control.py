@@ -1,0 +1,47 @@
+"""The control law (Eq. 1) driven through scripted signal sequences: pure, microseconds."""
+
+from sglang_concur.control import AimdParams, AimdPolicy, Bounds, Signals, StaticPolicy, slots
+
+P = AimdPolicy(AimdParams(), Bounds(1, 64))
+
+
+def run(policy, w, seq):
+    out = []
+    for usage, hit in seq:
+        w = policy.next_window(w, Signals(usage, hit))
+        out.append(w)
+    return out
+
+
+def test_additive_increase_below_usage_low():
+    assert run(P, 4.0, [(0.1, 0.9), (0.0, None), (0.19, 0.0)]) == [6.0, 8.0, 10.0]
+
+
+def test_dead_band_holds():
+    # between U_low and U_high, and above U_high while the hit rate is healthy (or unknown)
+    assert run(P, 8.0, [(0.2, 0.0), (0.35, 0.1), (0.5, 0.0), (0.9, 0.2), (0.9, 0.95), (0.9, None)]) == [8.0] * 6
+
+
+def test_decrease_only_when_usage_high_and_hit_rate_low():
+    assert run(P, 16.0, [(0.51, 0.19), (0.8, 0.0), (0.99, 0.1)]) == [8.0, 4.0, 2.0]
+
+
+def test_bounds_clamp_both_ways():
+    assert run(P, 2.0, [(0.9, 0.0), (0.9, 0.0), (0.9, 0.0)]) == [1.0, 1.0, 1.0]
+    assert run(P, 60.0, [(0.0, 1.0), (0.0, 1.0), (0.0, 1.0)]) == [62.0, 64.0, 64.0]
+
+
+def test_thrash_then_recover_sequence():
+    seq = [(0.1, 0.9)] * 3 + [(0.9, 0.05)] * 2 + [(0.4, 0.5)] * 2 + [(0.1, 0.9)]
+    assert run(P, 8.0, seq) == [10.0, 12.0, 14.0, 7.0, 3.5, 3.5, 3.5, 5.5]
+    assert [slots(w) for w in [3.5, 1.0, 0.2, 7.99999999999]] == [3, 1, 1, 8]
+
+
+def test_custom_constants():
+    p = AimdPolicy(AimdParams(alpha=1, beta=0.75, usage_low=0.1, usage_high=0.3, hit_threshold=0.5), Bounds(2, 10))
+    assert run(p, 8.0, [(0.05, None), (0.31, 0.49), (0.31, 0.5), (0.2, 0.0)]) == [9.0, 6.75, 6.75, 6.75]
+
+
+def test_static_never_moves():
+    s = StaticPolicy(Bounds(1, 64))
+    assert run(s, 3.0, [(0.0, 1.0), (1.0, 0.0), (0.3, None)]) == [3.0, 3.0, 3.0]
