@@ -21,7 +21,7 @@ if [ ! -f "$VENV/.sglang-cpu-ok" ]; then
   touch "$VENV/.sglang-cpu-ok"
 fi
 . "$VENV/bin/activate"
-pip install -q --no-deps --no-build-isolation -e "$ROOT" 2>/dev/null || pip install -q --no-deps -e "$ROOT"
+pip install -q --no-deps --no-build-isolation -e "$ROOT"
 . "$ROOT/scripts/cpu_env.sh"
-python -m sglang_concur.tiny_model "$ROOT/models"
+python -m sglang_concur.tiny_model "$ROOT/models" >/dev/null
 python -c "import sglang, sglang_concur, torch; print('sglang', sglang.__version__, 'torch', torch.__version__, 'sglang_concur', sglang_concur.__version__)"
