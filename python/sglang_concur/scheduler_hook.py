@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Set
 
+from sglang_concur.accounting import RecomputeLedger
 from sglang_concur.admission import AdmissionTable, AgentState
 from sglang_concur.config import ConcurConfig
 from sglang_concur.control import Policy, Signals, slots
@@ -46,6 +47,7 @@ class ConcurController:
     window_changes: Dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
     last_signals: Optional[Signals] = None
     held_requests: int = 0
+    ledger: RecomputeLedger = field(default_factory=RecomputeLedger)
 
     @classmethod
     def create(cls, config: ConcurConfig, now: float) -> "ConcurController":
@@ -56,7 +58,8 @@ class ConcurController:
         """Advance the window; returns (old, new) slot counts when they changed."""
         self.next_control = now + self.config.concur_control_interval
         self.table.touch(busy, now)
-        self.table.expire(now)
+        for aid in self.table.expire(now):
+            self.ledger.forget(aid)
         s = Signals(kv_usage=kv_usage, hit_rate=self.interval.hit_rate())
         self.last_signals, self.interval = s, IntervalStats()
         old = slots(self.window)
@@ -78,14 +81,25 @@ class ConcurController:
             "paused_agents": c.paused,
             "waiting_agents": c.waiting,
             "held_requests": self.held_requests,
+            "evicted_tokens": self.ledger.evicted_tokens,
+            "recomputed_tokens": self.ledger.recomputed_tokens,
             "window_changes": dict(self.window_changes),
             "kv_usage": None if s is None else s.kv_usage,
             "hit_rate": None if s is None else s.hit_rate,
-            "agents": {a.agent_id: {"state": a.state.value, "admissions": a.admissions,
-                                    "last_seen": a.last_seen}
-                       for a in self.table.agents.values()},
+            "agents": {a.agent_id: self._agent_status(a) for a in self.table.agents.values()},
             "config": self.config.as_dict(),
         }
+
+
+    def end(self, agent_id: str) -> bool:
+        self.ledger.forget(agent_id)
+        return self.table.end(agent_id)
+
+    def _agent_status(self, a) -> Dict[str, Any]:
+        led = self.ledger.agents.get(a.agent_id)
+        return {"state": a.state.value, "admissions": a.admissions, "last_seen": a.last_seen,
+                "turns": led.turns if led else 0, "recomputed_tokens": led.recomputed if led else 0,
+                "context_cached": led.context_cached if led else 0}
 
 
 class SchedulerGate:
@@ -98,6 +112,9 @@ class SchedulerGate:
         self.metrics = _make_metrics(scheduler, config)
         self._original_prefill = scheduler.get_new_batch_prefill
         scheduler.get_new_batch_prefill = self.get_new_batch_prefill
+        tree = scheduler.tree_cache
+        self._original_on_release, tree.on_release = tree.on_release, self.on_release
+        self._original_eviction, tree.update_eviction_metrics = tree.update_eviction_metrics, self.update_eviction_metrics
         from sglang.utils import TypeBasedDispatcher
 
         scheduler._request_dispatcher += TypeBasedDispatcher([(ConcurControlReq, self.handle_control)])
@@ -126,6 +143,11 @@ class SchedulerGate:
         if stats is not None:
             ctl.interval.hit_tokens += stats.log_hit_tokens
             ctl.interval.input_tokens += stats.log_input_tokens
+            ledger = ctl.ledger
+            for r in batch.reqs:
+                if r.routing_key is not None and not getattr(r, "_concur_admitted", False):
+                    r._concur_admitted = True
+                    ledger.turn_admitted(r.routing_key, len(r.origin_input_ids), r.prefix_len)
         elif held and batch is None and running_batch.is_empty():
             self._nap()
         return plan
@@ -152,6 +174,16 @@ class SchedulerGate:
         if chunked is not None and chunked.routing_key is not None:
             busy.add(chunked.routing_key)
         return busy
+
+    # --- hooks: tree_cache.on_release / tree_cache.update_eviction_metrics (this instance) -----
+    def on_release(self, req, *, checkpointed: bool) -> None:
+        if checkpointed and req.routing_key is not None:
+            self.controller.ledger.turn_finished(req.routing_key, req.owned_kv_len())
+        return self._original_on_release(req, checkpointed=checkpointed)
+
+    def update_eviction_metrics(self, num_evicted: int, start_time: float) -> None:
+        self.controller.ledger.evicted(num_evicted)
+        return self._original_eviction(num_evicted, start_time)
 
     def _control_step(self, now: float, busy: Set[str]) -> None:
         s, ctl = self.scheduler, self.controller
@@ -180,7 +212,7 @@ class SchedulerGate:
     def handle_control(self, req: ConcurControlReq) -> ConcurControlReqOutput:
         ctl = self.controller
         if req.op == "end":
-            ended = ctl.table.end(req.agent_id)
+            ended = ctl.end(req.agent_id)
             result = {"agent_id": req.agent_id, "ended": ended}
         elif req.op == "status":
             result = ctl.status()
@@ -227,6 +259,10 @@ class _Metrics:
         self.kv_usage = gauge("sglang:concur_kv_usage", "KV usage of running requests at the last control step.")
         self.hit_rate = gauge("sglang:concur_hit_rate", "Prefix hit rate over the last control interval.")
         self.changes = Counter("sglang:concur_window_changes", "Window changes.", labelnames=names + ["direction"])
+        self.evicted = Counter("sglang:concur_evicted_tokens", "Tokens evicted from the radix cache.", labelnames=names)
+        self.recomputed = Counter("sglang:concur_recomputed_tokens",
+                                  "History tokens of returning agent turns that had to be prefilled again.", labelnames=names)
+        self._reported = (0, 0)
 
     def observe(self, ctl: ConcurController, changed: Optional[tuple]) -> None:
         c, lab = ctl.table.counts(), self.labels
@@ -239,6 +275,10 @@ class _Metrics:
         self.kv_usage.labels(**lab).set(sig.kv_usage)
         if sig.hit_rate is not None:
             self.hit_rate.labels(**lab).set(sig.hit_rate)
+        ev, rc = ctl.ledger.evicted_tokens, ctl.ledger.recomputed_tokens
+        self.evicted.labels(**lab).inc(ev - self._reported[0])
+        self.recomputed.labels(**lab).inc(rc - self._reported[1])
+        self._reported = (ev, rc)
         if changed is not None:
             self.changes.labels(**lab, direction="up" if changed[1] > changed[0] else "down").inc()
 

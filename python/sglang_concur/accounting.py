@@ -1,0 +1,49 @@
+"""Thrashing, measured directly: evicted tokens and, per agent, recomputed history.  Pure.
+
+At the end of an agent's turn the radix tree keeps its context (`context_cached`).  When the
+agent's next turn is admitted, SGLang matches a prefix of it; whatever part of the previous
+context did not match was evicted in between and must be prefilled again: that is the turn's
+recomputed tokens.  Agents append to their history, so the previous context is a prefix of the
+next prompt (when a client rewrites history, the count is bounded by the new prompt's length).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict
+
+
+@dataclass(slots=True)
+class AgentLedger:
+    context_cached: int = 0  # tokens of its context the tree kept at the end of its last turn
+    recomputed: int = 0  # total recomputed tokens over its turns
+    turns: int = 0
+
+
+@dataclass
+class RecomputeLedger:
+    agents: Dict[str, AgentLedger] = field(default_factory=dict)
+    evicted_tokens: int = 0  # since start, from the radix tree's eviction path
+    recomputed_tokens: int = 0  # since start, over all agents
+    returning_prompt_tokens: int = 0  # prompt tokens of turns after an agent's first
+
+    def evicted(self, n: int) -> None:
+        self.evicted_tokens += n
+
+    def turn_finished(self, agent: str, context_cached: int) -> None:
+        self.agents.setdefault(agent, AgentLedger()).context_cached = context_cached
+
+    def turn_admitted(self, agent: str, prompt_len: int, matched: int) -> int:
+        """Returns the turn's recomputed tokens."""
+        a = self.agents.setdefault(agent, AgentLedger())
+        a.turns += 1
+        if a.turns == 1:
+            return 0
+        lost = max(0, min(a.context_cached, prompt_len) - matched)
+        a.recomputed += lost
+        self.recomputed_tokens += lost
+        self.returning_prompt_tokens += prompt_len
+        return lost
+
+    def forget(self, agent: str) -> None:
+        self.agents.pop(agent, None)

@@ -1,0 +1,204 @@
+"""Agent batch benchmark CLI.
+
+    python -m sglang_concur.bench compare --preset cpu-smoke      # plain SGLang vs --concur-enable
+    python -m sglang_concur.bench generate-trace --agents 64 --seed 0 -o trace.jsonl
+    python -m sglang_concur.bench run --url http://127.0.0.1:30000 --trace trace.jsonl
+
+See docs/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from sglang_concur.bench.runner import RunConfig, brief, run_trace, write_results
+from sglang_concur.bench.trace import AgentTrace, dump_trace, generate_trace, load_trace, summary
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    model: str
+    agents: int
+    max_total_tokens: int  # KV pool size in tokens
+    scale: float = 1.0
+    seed: int = 0
+    trace: Dict[str, Any] = field(default_factory=dict)  # TraceParams overrides
+    server_args: Tuple[str, ...] = ()  # extra flags for both servers
+    concur_args: str = "--concur-policy aimd"
+
+
+PRESETS: Dict[str, Preset] = {
+    "cpu-smoke": Preset(
+        "2-core CPU, both runs in ~3-4 min: 14 agents, ~5 turns, contexts up to ~1.2k tokens, 4k-token KV pool",
+        model="models/small", agents=14, max_total_tokens=4096, scale=0.06, seed=0,
+        trace=dict(turns_scale=0.4, turns_max=8, time_scale=0.5, tool_max_s=8.0, max_context_tokens=1400),
+    ),
+}
+
+
+# --- helpers -----------------------------------------------------------------------------
+def build_trace(p: Preset, trace_file: Optional[str]) -> List[AgentTrace]:
+    return load_trace(trace_file) if trace_file else generate_trace(p.agents, p.seed, p.scale, **p.trace)
+
+
+def apply_overrides(p: Preset, a: argparse.Namespace) -> Preset:
+    trace = dict(p.trace)
+    for k in ("turns_scale", "time_scale", "long_fraction", "long_factor"):
+        if getattr(a, k, None) is not None:
+            trace[k] = getattr(a, k)
+    p = replace(p, trace=trace)
+    for k in ("model", "agents", "max_total_tokens", "scale", "seed", "concur_args"):
+        if getattr(a, k, None) is not None:
+            p = replace(p, **{k: getattr(a, k)})
+    if getattr(a, "server_args", None) is not None:
+        p = replace(p, server_args=tuple(shlex.split(a.server_args)))
+    return p
+
+
+def run_dir(base: str) -> str:
+    d = os.path.join(base, time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def run_on_server(p: Preset, agents: Sequence[AgentTrace], label: str, extra: Sequence[str], out: str,
+                  progress: bool, agent_cap: Optional[int] = None) -> Dict[str, Any]:
+    from sglang_concur.bench.server import cpu_server
+
+    log = os.path.join(out, f"server-{label}.log")
+    t = time.monotonic()
+    with cpu_server(p.model, extra=[*p.server_args, "--enable-metrics", *extra], log_path=log,
+                    max_total_tokens=p.max_total_tokens) as srv:
+        print(f"[{label}] server up in {time.monotonic() - t:.0f}s: {' '.join(extra) or '(plain)'}", flush=True)
+        cfg = RunConfig(label=label, url=srv.url, progress=progress, agent_cap=agent_cap)
+        res = run_trace(agents, cfg)
+    res["server"] = {"model": p.model, "max_total_tokens": p.max_total_tokens, "extra_args": [*p.server_args, *extra]}
+    write_results(res, os.path.join(out, f"{label}.json"))
+    b = brief(res)
+    print(f"[{label}] done: {b['completion_time_s']:.1f}s, hit rate {b['hit_rate']:.1%}, "
+          f"failed turns {b['failed_turns']}", flush=True)
+    return res
+
+
+COLUMNS = [("completion_time_s", "completion s", "{:.1f}"), ("output_tokens_per_s", "output tok/s", "{:.1f}"),
+           ("total_tokens_per_s", "total tok/s", "{:.0f}"), ("hit_rate", "hit rate", "{:.1%}"),
+           ("recomputed_tokens", "recomputed tok", "{:d}"), ("failed_turns", "failed turns", "{:d}"),
+           ("turns_completed", "turns", "{:d}")]
+
+
+def table(results: Sequence[Dict[str, Any]]) -> str:
+    """Markdown table, one row per run."""
+    head = "| run | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    rows = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for r in results:
+        rows.append(f"| {r['label']} | " + " | ".join(f.format(r[k]) for k, _, f in COLUMNS) + " |")
+    return "\n".join(rows)
+
+
+# --- subcommands -------------------------------------------------------------------------
+def cmd_compare(a: argparse.Namespace) -> int:
+    p = apply_overrides(PRESETS[a.preset], a)
+    agents = build_trace(p, a.trace)
+    out = run_dir(a.out)
+    dump_trace(agents, os.path.join(out, "trace.jsonl"))
+    s = summary(agents)
+    print(f"preset {a.preset}: {p.description}\nmodel {p.model}, {s['agents']} agents, {s['turns_total']} turns, "
+          f"max context {s['final_context_tokens']['max']:.0f} tokens, KV pool {p.max_total_tokens} tokens -> {out}",
+          flush=True)
+    plain = run_on_server(p, agents, "sglang", [], out, not a.no_progress)
+    concur = run_on_server(p, agents, "concur", ["--concur-enable", *shlex.split(p.concur_args)], out, not a.no_progress)
+    speedup = plain["completion_time_s"] / concur["completion_time_s"] if concur["completion_time_s"] else float("nan")
+    md = table([plain, concur]) + f"\n\nspeedup (SGLang / CONCUR completion time): {speedup:.2f}x\n"
+    print("\n" + md)
+    with open(os.path.join(out, "compare.md"), "w") as f:
+        f.write(f"preset {a.preset}, model {p.model}, KV pool {p.max_total_tokens} tokens, concur args "
+                f"`{p.concur_args}`\n\n" + md)
+    with open(os.path.join(out, "compare.json"), "w") as f:
+        json.dump({"preset": a.preset, "trace_summary": s, "speedup": speedup,
+                   "runs": [brief(plain), brief(concur)]}, f, indent=1)
+    return 0 if plain["failed_turns"] == concur["failed_turns"] == 0 else 1
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    p = apply_overrides(PRESETS[a.preset], a)
+    agents = build_trace(p, a.trace)
+    cfg = RunConfig(label=a.label, target=a.target, url=a.url, agent_cap=a.agent_cap, arrival_rate=a.arrival_rate,
+                    progress=not a.no_progress)
+    res = run_trace(agents, cfg)
+    out = run_dir(a.out)
+    write_results(res, os.path.join(out, f"{a.label}.json"))
+    print(table([res]) + f"\n\nresults: {out}")
+    return 0 if res["failed_turns"] == 0 else 1
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    p = apply_overrides(PRESETS[a.preset] if a.preset else Preset("full-size trace", "", agents=64, max_total_tokens=0), a)
+    agents = build_trace(p, None)
+    dump_trace(agents, a.output)
+    print(json.dumps(summary(agents), indent=1))
+    print(f"wrote {len(agents)} agents to {a.output}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m sglang_concur.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def trace_opts(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--agents", type=int, help="number of agents (generated trace)")
+        s.add_argument("--seed", type=int)
+        s.add_argument("--scale", type=float, help="multiplies every token count of the generated trace")
+        s.add_argument("--turns-scale", type=float, help="multiplies turns per agent")
+        s.add_argument("--time-scale", type=float, help="multiplies tool latencies")
+        s.add_argument("--long-fraction", type=float, help="share of agents with long_factor x larger observations")
+        s.add_argument("--long-factor", type=float)
+
+    c = sub.add_parser("compare", help="plain SGLang vs SGLang --concur-enable on the same trace (CPU servers)")
+    c.add_argument("--preset", choices=sorted(PRESETS), default="cpu-smoke")
+    trace_opts(c)
+    c.add_argument("--trace", help="replay this JSONL trace instead of generating one")
+    c.add_argument("--model")
+    c.add_argument("--max-total-tokens", type=int, help="KV pool size in tokens")
+    c.add_argument("--concur-args", help='flags for the CONCUR server, e.g. "--concur-policy static --concur-initial-window 4"')
+    c.add_argument("--server-args", help="extra flags for both servers")
+    c.add_argument("--out", default="benchmark/runs")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(fn=cmd_compare)
+
+    r = sub.add_parser("run", help="drive a trace against a running server")
+    r.add_argument("--url", required=True)
+    r.add_argument("--target", choices=("http", "openai"), default="http")
+    r.add_argument("--preset", choices=sorted(PRESETS), default="cpu-smoke", help="trace shape when no --trace")
+    trace_opts(r)
+    r.add_argument("--trace")
+    r.add_argument("--label", default="run")
+    r.add_argument("--agent-cap", type=int, help="client-side cap on agents in flight")
+    r.add_argument("--arrival-rate", type=float, help="Poisson agent arrivals per second (default: all at once)")
+    r.add_argument("--out", default="benchmark/runs")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(fn=cmd_run)
+
+    g = sub.add_parser("generate-trace", help="write a generated JSONL trace and print its summary")
+    g.add_argument("-o", "--output", required=True)
+    g.add_argument("--preset", choices=sorted(PRESETS), help="start from this preset's trace shape")
+    trace_opts(g)
+    g.set_defaults(fn=cmd_generate)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    a = parser().parse_args(argv)
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Triton kernels of sglang-concur (GPU), with plain-torch references used on CPU."""
