@@ -9,51 +9,51 @@ def states(t):
 
 def test_new_agents_start_in_arrival_order_up_to_the_window():
     t = AdmissionTable(idle_timeout=60)
-    assert t.update(2, ["a", "b", "c"], set(), 0.0) == {"a", "b"}
+    assert t.update(2, ["a", "b", "c"], {}, 0.0) == {"a", "b"}
     assert states(t)["c"] == "waiting"
     # arrival order is kept even when the queue order changes later
-    t.update(2, ["d", "c"], {"a", "b"}, 1.0)
+    t.update(2, ["d", "c"], {"a": 1, "b": 1}, 1.0)
     t.end("a")
-    assert t.update(2, ["d", "c"], {"b"}, 2.0) == {"b", "c"}
+    assert t.update(2, ["d", "c"], {"b": 1}, 2.0) == {"b", "c"}
     assert states(t)["d"] == "waiting"
 
 
 def test_active_agent_next_turn_never_held_while_window_not_shrinking():
     t = AdmissionTable(idle_timeout=60)
-    t.update(2, ["a", "b"], set(), 0.0)
+    t.update(2, ["a", "b"], {}, 0.0)
     for now in range(1, 10):  # a and b alternate between tool calls and turns; c keeps waiting
-        active = t.update(2, ["c", "a", "b"], set(), float(now))
+        active = t.update(2, ["c", "a", "b"], {}, float(now))
         assert {"a", "b"} <= active and "c" not in active
 
 
 def test_shrink_pauses_only_at_turn_boundary_and_paused_resume_first():
     t = AdmissionTable(idle_timeout=60)
-    t.update(3, ["a", "b", "c"], set(), 0.0)
-    t.update(3, ["x"], {"a", "b", "c"}, 0.5)  # x waits
+    t.update(3, ["a", "b", "c"], {}, 0.0)
+    t.update(3, ["x"], {"a": 1, "b": 1, "c": 1}, 0.5)  # x waits
     # window shrinks to 1: a, b and c are running (busy): nobody is interrupted
-    assert t.update(1, [], {"a", "b", "c"}, 1.0) == {"a", "b", "c"}
+    assert t.update(1, [], {"a": 1, "b": 1, "c": 1}, 1.0) == {"a", "b", "c"}
     # a's next turn arrives while a still has a request in flight: not a boundary, stays
-    assert "a" in t.update(1, ["a"], {"a", "b"}, 2.0)
+    assert "a" in t.update(1, ["a"], {"a": 1, "b": 1}, 2.0)
     # b and c come back for their next turn with nothing in flight: paused (over by 2)
-    active = t.update(1, ["b", "c"], {"a"}, 3.0)
+    active = t.update(1, ["b", "c"], {"a": 2}, 3.0)
     assert active == {"a"} and states(t) == {"a": "active", "b": "paused", "c": "paused", "x": "waiting"}
     # window grows back to 2: the first paused agent resumes before the new agent x
-    assert t.update(2, ["x", "c", "b"], {"a"}, 4.0) == {"a", "b"}
-    assert t.update(3, ["x", "c"], {"a", "b"}, 5.0) == {"a", "b", "c"}
-    assert t.update(4, ["x"], {"a", "b", "c"}, 6.0) == {"a", "b", "c", "x"}
+    assert t.update(2, ["x", "c", "b"], {"a": 1}, 4.0) == {"a", "b"}
+    assert t.update(3, ["x", "c"], {"a": 1, "b": 1}, 5.0) == {"a", "b", "c"}
+    assert t.update(4, ["x"], {"a": 1, "b": 1, "c": 1}, 6.0) == {"a", "b", "c", "x"}
 
 
 def test_end_frees_slot_and_unknown_end_is_false():
     t = AdmissionTable(idle_timeout=60)
-    t.update(1, ["a", "b"], set(), 0.0)
+    t.update(1, ["a", "b"], {}, 0.0)
     assert t.end("a") is True and t.end("a") is False and t.end("zzz") is False
-    assert t.update(1, ["b"], set(), 1.0) == {"b"}
+    assert t.update(1, ["b"], {}, 1.0) == {"b"}
 
 
 def test_idle_timeout_ends_only_agents_with_nothing_in_flight():
     t = AdmissionTable(idle_timeout=10)
-    t.update(2, ["a", "b"], set(), 0.0)
-    t.touch({"a"}, 8.0)  # a has a long request in flight
+    t.update(2, ["a", "b"], {}, 0.0)
+    t.sync({"a"}, 8.0)  # a has a long request in flight
     assert t.expire(12.0) == ["b"]
     assert set(t.agents) == {"a"}
     assert t.expire(30.0) == ["a"]
@@ -61,16 +61,17 @@ def test_idle_timeout_ends_only_agents_with_nothing_in_flight():
 
 def test_busy_agent_unknown_to_the_table_holds_a_slot():
     t = AdmissionTable(idle_timeout=60)
-    t.update(1, ["a"], set(), 0.0)
+    t.update(1, ["a"], {}, 0.0)
     t.end("a")  # ended while its request still runs
-    assert t.update(1, ["b"], {"a"}, 1.0) == {"a"}
+    t.sync({"a"}, 1.0)
+    assert t.update(1, ["b"], {"a": 1}, 1.0) == {"a"}
     assert states(t)["b"] == "waiting"
 
 
 def test_counts():
     t = AdmissionTable(idle_timeout=60)
-    t.update(3, ["a", "b", "c", "d"], set(), 0.0)
-    t.update(1, ["a", "b"], set(), 1.0)
+    t.update(3, ["a", "b", "c", "d"], {}, 0.0)
+    t.update(1, ["a", "b"], {}, 1.0)
     c = t.counts()
     assert (c.active, c.paused, c.waiting) == (1, 2, 1)
     assert t.agents["d"].state is AgentState.WAITING

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Set
+from typing import Dict, Iterable, List, Mapping, Set
 
 
 class AgentState(str, enum.Enum):
@@ -45,18 +45,11 @@ class AdmissionTable:
     _seq: "itertools.count[int]" = field(default_factory=itertools.count)
     _active: Set[str] = field(default_factory=set)
 
-    def update(self, slots: int, wanting: Iterable[str], busy: Set[str], now: float) -> Set[str]:
-        """One gate decision.  `wanting`: agents with queued requests, in queue order; `busy`: agents
-        with requests in flight.  Returns the ids of the ACTIVE agents (whose requests may run)."""
+    def update(self, slots: int, wanting: Iterable[str], inflight: Mapping[str, int], now: float) -> Set[str]:
+        """One gate decision.  `wanting`: agents with queued requests, in queue order; `inflight`:
+        requests in flight per agent.  Returns the ids of the ACTIVE agents (whose requests may run).
+        Cost: O(len(wanting)); agents with nothing queued are not looked at."""
         agents = self.agents
-        for aid in busy:
-            a = agents.get(aid)
-            if a is None:  # in flight before we knew it (e.g. after an explicit end): it holds a slot
-                a = agents[aid] = Agent(aid, AgentState.ACTIVE, next(self._seq), now)
-                self._active.add(aid)
-            elif a.state is not AgentState.ACTIVE:
-                self._set(a, AgentState.ACTIVE)
-            a.last_seen = now
         over = len(self._active) - slots
         claims: List[Agent] = []
         for aid in wanting:
@@ -65,7 +58,7 @@ class AdmissionTable:
                 a = agents[aid] = Agent(aid, AgentState.WAITING, next(self._seq), now)
             a.last_seen = now
             if a.state is AgentState.ACTIVE:
-                if over > 0 and aid not in busy:  # a turn boundary while the window is shrinking
+                if over > 0 and not inflight.get(aid):  # a turn boundary while the window is shrinking
                     self._set(a, AgentState.PAUSED)
                     over -= 1
             else:
@@ -78,12 +71,17 @@ class AdmissionTable:
                 a.admissions += 1
         return self._active
 
-    def touch(self, busy: Set[str], now: float) -> None:
-        """Agents with requests in flight are not idle."""
+    def sync(self, busy: Set[str], now: float) -> None:
+        """Agents with requests in flight are active and not idle (also one ended while it ran:
+        it holds a slot until its request finishes)."""
         for aid in busy:
             a = self.agents.get(aid)
-            if a is not None:
-                a.last_seen = now
+            if a is None:
+                a = self.agents[aid] = Agent(aid, AgentState.ACTIVE, next(self._seq), now)
+                self._active.add(aid)
+            elif a.state is not AgentState.ACTIVE:
+                self._set(a, AgentState.ACTIVE)
+            a.last_seen = now
 
     def expire(self, now: float) -> List[str]:
         """End the agents idle for longer than `idle_timeout`; returns their ids."""

@@ -57,7 +57,7 @@ class ConcurController:
     def control_step(self, now: float, kv_usage: float, busy: Set[str]) -> Optional[tuple]:
         """Advance the window; returns (old, new) slot counts when they changed."""
         self.next_control = now + self.config.concur_control_interval
-        self.table.touch(busy, now)
+        self.table.sync(busy, now)
         for aid in self.table.expire(now):
             self.ledger.forget(aid)
         s = Signals(kv_usage=kv_usage, hit_rate=self.interval.hit_rate())
@@ -110,6 +110,7 @@ class SchedulerGate:
         self.clock = _make_clock(scheduler)
         self.controller = ConcurController.create(config, self.clock())
         self.metrics = _make_metrics(scheduler, config)
+        self.inflight: Dict[str, int] = {}  # requests in flight per agent: +1 at admission, -1 at release
         self._original_prefill = scheduler.get_new_batch_prefill
         scheduler.get_new_batch_prefill = self.get_new_batch_prefill
         tree = scheduler.tree_cache
@@ -129,54 +130,63 @@ class SchedulerGate:
         queue = s.waiting_queue
         held: List[Any] = []
         if queue:
-            busy = self._busy(running_batch)
             wanting = dict.fromkeys(r.routing_key for r in queue if r.routing_key is not None)
-            active = ctl.table.update(slots(ctl.window), wanting, busy, now)
-            held = [r for r in queue if r.routing_key is not None and r.routing_key not in active]
+            if wanting:
+                active = ctl.table.update(slots(ctl.window), wanting, self.inflight, now)
+                if not active.issuperset(wanting):
+                    eligible = []
+                    for r in queue:
+                        (held if r.routing_key is not None and r.routing_key not in active else eligible).append(r)
         ctl.held_requests = len(held)
         if not held:
             plan = self._original_prefill(running_batch)
-        else:
-            plan = self._prefill_without(held, running_batch)
+        else:  # hide the held requests from this one pass; they keep their place ahead of later arrivals
+            s.waiting_queue = eligible
+            try:
+                plan = self._original_prefill(running_batch)
+            finally:
+                s.waiting_queue = held + s.waiting_queue
         batch = plan.batch_to_run
         stats = getattr(batch, "prefill_stats", None) if batch is not None else None
         if stats is not None:
             ctl.interval.hit_tokens += stats.log_hit_tokens
             ctl.interval.input_tokens += stats.log_input_tokens
-            ledger = ctl.ledger
+            ledger, inflight = ctl.ledger, self.inflight
             for r in batch.reqs:
-                if r.routing_key is not None and not getattr(r, "_concur_admitted", False):
+                key = r.routing_key
+                if key is None or getattr(r, "_concur_inflight", False):
+                    continue
+                r._concur_inflight = True
+                inflight[key] = inflight.get(key, 0) + 1
+                if not getattr(r, "_concur_admitted", False):  # retracted requests come back: count once
                     r._concur_admitted = True
-                    ledger.turn_admitted(r.routing_key, len(r.origin_input_ids), r.prefix_len)
+                    ledger.turn_admitted(key, len(r.origin_input_ids), r.prefix_len)
         elif held and batch is None and running_batch.is_empty():
             self._nap()
         return plan
 
-    def _prefill_without(self, held: List[Any], running_batch):
-        s = self.scheduler
-        before = s.waiting_queue
-        held_ids = set(map(id, held))
-        s.waiting_queue = [r for r in before if id(r) not in held_ids]
-        try:
-            plan = self._original_prefill(running_batch)
-        finally:
-            after = s.waiting_queue
-            kept = set(map(id, after))
-            known = set(map(id, before))
-            s.waiting_queue = [r for r in before if id(r) in held_ids or id(r) in kept] + [
-                r for r in after if id(r) not in known
-            ]
-        return plan
-
     def _busy(self, running_batch) -> Set[str]:
-        busy = {r.routing_key for r in running_batch.reqs if r.routing_key is not None}
-        chunked = self.scheduler.chunked_req
-        if chunked is not None and chunked.routing_key is not None:
-            busy.add(chunked.routing_key)
-        return busy
+        """Exact agents in flight, from the running batch; also resyncs the event-kept counts."""
+        reqs = list(running_batch.reqs)
+        if self.scheduler.chunked_req is not None:
+            reqs.append(self.scheduler.chunked_req)
+        inflight: Dict[str, int] = {}
+        for r in reqs:
+            if r.routing_key is not None:
+                r._concur_inflight = True
+                inflight[r.routing_key] = inflight.get(r.routing_key, 0) + 1
+        self.inflight = inflight
+        return set(inflight)
 
     # --- hooks: tree_cache.on_release / tree_cache.update_eviction_metrics (this instance) -----
     def on_release(self, req, *, checkpointed: bool) -> None:
+        if getattr(req, "_concur_inflight", False):
+            req._concur_inflight = False
+            n = self.inflight.get(req.routing_key, 0) - 1
+            if n > 0:
+                self.inflight[req.routing_key] = n
+            else:
+                self.inflight.pop(req.routing_key, None)
         if checkpointed and req.routing_key is not None:
             self.controller.ledger.turn_finished(req.routing_key, req.owned_kv_len())
         return self._original_on_release(req, checkpointed=checkpointed)

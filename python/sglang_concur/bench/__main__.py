@@ -3,6 +3,7 @@
     python -m sglang_concur.bench compare --preset cpu-smoke      # plain SGLang vs --concur-enable
     python -m sglang_concur.bench generate-trace --agents 64 --seed 0 -o trace.jsonl
     python -m sglang_concur.bench run --url http://127.0.0.1:30000 --trace trace.jsonl
+    python -m sglang_concur.bench sweep --preset cpu-smoke     # baselines, caps, policies + plots
 
 See docs/benchmark.md.
 """
@@ -33,13 +34,18 @@ class Preset:
     trace: Dict[str, Any] = field(default_factory=dict)  # TraceParams overrides
     server_args: Tuple[str, ...] = ()  # extra flags for both servers
     concur_args: str = "--concur-policy aimd"
+    # sweep: SGLang --max-running-requests values, client-side agent caps, CONCUR policies
+    sweep_max_running: Tuple[int, ...] = (2, 4, 8)
+    sweep_agent_caps: Tuple[int, ...] = (2, 4, 8)
+    sweep_policies: Tuple[str, ...] = ("aimd", "static")
 
 
 PRESETS: Dict[str, Preset] = {
     "cpu-smoke": Preset(
-        "2-core CPU, both runs in ~3-4 min: 14 agents, ~5 turns, contexts up to ~1.2k tokens, 4k-token KV pool",
-        model="models/small", agents=14, max_total_tokens=4096, scale=0.06, seed=0,
-        trace=dict(turns_scale=0.4, turns_max=8, time_scale=0.5, tool_max_s=8.0, max_context_tokens=1400),
+        "2-core CPU, both runs in ~3-4 min: 12 agents, ~5 turns, contexts up to 1k tokens, 2k-token KV pool",
+        model="models/small", agents=12, max_total_tokens=2048, scale=0.06, seed=0,
+        trace=dict(turns_scale=0.4, turns_max=8, time_scale=0.5, tool_max_s=8.0, max_context_tokens=1000,
+                   prefix_min=800, prefix_max=1600, output_median=50.0, output_min=20, output_max=150),
     ),
 }
 
@@ -70,22 +76,30 @@ def run_dir(base: str) -> str:
 
 
 def run_on_server(p: Preset, agents: Sequence[AgentTrace], label: str, extra: Sequence[str], out: str,
-                  progress: bool, agent_cap: Optional[int] = None) -> Dict[str, Any]:
+                  progress: bool, agent_caps: Sequence[Optional[int]] = (None,)) -> List[Dict[str, Any]]:
+    """Start a CPU server with `extra` flags; run the trace once per agent cap (cache flushed between)."""
+    import urllib.request
+
     from sglang_concur.bench.server import cpu_server
 
     log = os.path.join(out, f"server-{label}.log")
     t = time.monotonic()
+    results = []
     with cpu_server(p.model, extra=[*p.server_args, "--enable-metrics", *extra], log_path=log,
                     max_total_tokens=p.max_total_tokens) as srv:
         print(f"[{label}] server up in {time.monotonic() - t:.0f}s: {' '.join(extra) or '(plain)'}", flush=True)
-        cfg = RunConfig(label=label, url=srv.url, progress=progress, agent_cap=agent_cap)
-        res = run_trace(agents, cfg)
-    res["server"] = {"model": p.model, "max_total_tokens": p.max_total_tokens, "extra_args": [*p.server_args, *extra]}
-    write_results(res, os.path.join(out, f"{label}.json"))
-    b = brief(res)
-    print(f"[{label}] done: {b['completion_time_s']:.1f}s, hit rate {b['hit_rate']:.1%}, "
-          f"failed turns {b['failed_turns']}", flush=True)
-    return res
+        for i, cap in enumerate(agent_caps):
+            name = label if cap is None else f"{label}-cap{cap}"
+            if i:
+                urllib.request.urlopen(urllib.request.Request(srv.url + "/flush_cache", method="POST"), timeout=60).read()
+            res = run_trace(agents, RunConfig(label=name, url=srv.url, progress=progress, agent_cap=cap))
+            res["server"] = {"model": p.model, "max_total_tokens": p.max_total_tokens,
+                             "extra_args": [*p.server_args, *extra]}
+            write_results(res, os.path.join(out, f"{name}.json"))
+            print(f"[{name}] done: {res['completion_time_s']:.1f}s, hit rate {res['hit_rate']:.1%}, "
+                  f"failed turns {res['failed_turns']}", flush=True)
+            results.append(res)
+    return results
 
 
 COLUMNS = [("completion_time_s", "completion s", "{:.1f}"), ("output_tokens_per_s", "output tok/s", "{:.1f}"),
@@ -113,8 +127,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
     print(f"preset {a.preset}: {p.description}\nmodel {p.model}, {s['agents']} agents, {s['turns_total']} turns, "
           f"max context {s['final_context_tokens']['max']:.0f} tokens, KV pool {p.max_total_tokens} tokens -> {out}",
           flush=True)
-    plain = run_on_server(p, agents, "sglang", [], out, not a.no_progress)
-    concur = run_on_server(p, agents, "concur", ["--concur-enable", *shlex.split(p.concur_args)], out, not a.no_progress)
+    [plain] = run_on_server(p, agents, "sglang", [], out, not a.no_progress)
+    [concur] = run_on_server(p, agents, "concur", ["--concur-enable", *shlex.split(p.concur_args)], out,
+                             not a.no_progress)
     speedup = plain["completion_time_s"] / concur["completion_time_s"] if concur["completion_time_s"] else float("nan")
     md = table([plain, concur]) + f"\n\nspeedup (SGLang / CONCUR completion time): {speedup:.2f}x\n"
     print("\n" + md)
@@ -125,6 +140,64 @@ def cmd_compare(a: argparse.Namespace) -> int:
         json.dump({"preset": a.preset, "trace_summary": s, "speedup": speedup,
                    "runs": [brief(plain), brief(concur)]}, f, indent=1)
     return 0 if plain["failed_turns"] == concur["failed_turns"] == 0 else 1
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    p = apply_overrides(PRESETS[a.preset], a)
+    agents = build_trace(p, a.trace)
+    out = run_dir(a.out)
+    dump_trace(agents, os.path.join(out, "trace.jsonl"))
+    prog = not a.no_progress
+    caps = [None, *p.sweep_agent_caps]
+    results = run_on_server(p, agents, "sglang", [], out, prog, agent_caps=caps)
+    for m in p.sweep_max_running:
+        results += run_on_server(p, agents, f"sglang-mrr{m}", ["--max-running-requests", str(m)], out, prog)
+    base = [x for x in shlex.split(p.concur_args) if x != "--concur-policy" and x not in ("static", "aimd")]
+    for pol in p.sweep_policies:
+        results += run_on_server(p, agents, f"concur-{pol}", ["--concur-enable", "--concur-policy", pol, *base], out, prog)
+    md = f"preset {a.preset}, model {p.model}, KV pool {p.max_total_tokens} tokens\n\n" + table(results) + "\n"
+    print("\n" + md)
+    with open(os.path.join(out, "sweep.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(out, "sweep.json"), "w") as f:
+        json.dump({"preset": a.preset, "trace_summary": summary(agents), "runs": [brief(r) for r in results]}, f, indent=1)
+    plot(results, out)
+    print(f"results: {out}")
+    return 0
+
+
+def plot(results: Sequence[Dict[str, Any]], out: str) -> None:
+    """completion.png (completion time per run) and timeline.png (hit rate, KV usage, output rate)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots (pip install matplotlib)")
+        return
+    labels = [r["label"] for r in results]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(labels)), 4))
+    ax.bar(labels, [r["completion_time_s"] for r in results], color=["C1" if "concur" in l else "C0" for l in labels])
+    ax.set_ylabel("batch completion time (s)")
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "completion.png"), dpi=120)
+    plt.close(fig)
+    keys = [("hit_rate", "hit rate (last 1 s)"), ("kv_usage", "KV usage"), ("output_tokens_per_s", "output tok/s")]
+    fig, axes = plt.subplots(len(keys), 1, figsize=(8, 8), sharex=True)
+    for r in results:
+        tl = r["timeline"]
+        for ax, (k, name) in zip(axes, keys):
+            pts = [(x["t"], x[k]) for x in tl if x[k] is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=r["label"], lw=1)
+            ax.set_ylabel(name)
+    axes[-1].set_xlabel("time (s)")
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "timeline.png"), dpi=120)
+    plt.close(fig)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -173,6 +246,19 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="benchmark/runs")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(fn=cmd_compare)
+
+    w = sub.add_parser("sweep", help="plain, --max-running-requests values, client agent caps, CONCUR policies; "
+                                     "Markdown table and PNG plots")
+    w.add_argument("--preset", choices=sorted(PRESETS), default="cpu-smoke")
+    trace_opts(w)
+    w.add_argument("--trace")
+    w.add_argument("--model")
+    w.add_argument("--max-total-tokens", type=int)
+    w.add_argument("--concur-args")
+    w.add_argument("--server-args")
+    w.add_argument("--out", default="benchmark/runs")
+    w.add_argument("--no-progress", action="store_true")
+    w.set_defaults(fn=cmd_sweep)
 
     r = sub.add_parser("run", help="drive a trace against a running server")
     r.add_argument("--url", required=True)

@@ -280,7 +280,7 @@ class _Run:
                     return
                 recomputed = 0 if prev_ctx is None else max(0, prev_ctx - cached)
                 self.turns.append(TurnRecord(a.agent_id, k, t_start, self.now(), prompt, cached, len(out), recomputed, attempts))
-                prev_ctx = prompt + len(out)
+                prev_ctx = prompt + len(out) - 1  # the last sampled token never has KV of its own
                 rec.turns_done += 1
                 if self.bar is not None:
                     self.bar.update(1)
