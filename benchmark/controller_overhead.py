@@ -40,7 +40,7 @@ def fake_scheduler(queue, running):
     tree = SimpleNamespace(on_release=lambda req, checkpointed: None, update_eviction_metrics=lambda n, t: None)
     pool = SimpleNamespace(get_max_pool_usage=lambda: 0.4)
     s = SimpleNamespace(
-        waiting_queue=queue, chunked_req=None, tree_cache=tree, metrics_collector=None, tp_size=1,
+        waiting_queue=queue, chunked_req=None, max_total_num_tokens=1_000_000, tree_cache=tree, metrics_collector=None, tp_size=1,
         pool_stats_observer=SimpleNamespace(get_pool_stats=lambda: pool), idle_sleeper=None,
         _request_dispatcher=SimpleNamespace(__iadd__=None),
     )
@@ -49,7 +49,7 @@ def fake_scheduler(queue, running):
 
 
 def req(agent):
-    return SimpleNamespace(routing_key=agent, origin_input_ids=[], prefix_len=0)
+    return SimpleNamespace(routing_key=agent, origin_input_ids=[0] * 1000, prefix_len=0)
 
 
 def scenario(agents: int, window: int, running: int, queued: int, seed: int = 0):
@@ -60,14 +60,14 @@ def scenario(agents: int, window: int, running: int, queued: int, seed: int = 0)
     return ids, run, queue
 
 
-def measure(agents: int, window: int, running: int, queued: int, steps: int) -> dict:
+def measure(agents: int, window: int, running: int, queued: int, steps: int, policy: str = "static") -> dict:
     _, run, queue = scenario(agents, window, running, queued)
     sched = fake_scheduler(list(queue), run)
     import sglang.utils as su
 
     orig = su.TypeBasedDispatcher
     sched._request_dispatcher = orig([])
-    gate = SchedulerGate(sched, ConcurConfig(concur_enable=True, concur_policy="static", concur_initial_window=window,
+    gate = SchedulerGate(sched, ConcurConfig(concur_enable=True, concur_policy=policy, concur_initial_window=min(window, 4096),
                                              concur_control_interval=0.05))
     rb = Batch(run)
     for _ in range(50):  # warm up; admits agents
@@ -78,7 +78,7 @@ def measure(agents: int, window: int, running: int, queued: int, steps: int) -> 
         gate.get_new_batch_prefill(rb)
         samples.append((time.perf_counter_ns() - t0) / 1000)
     samples.sort()
-    return {"agents": agents, "window": window, "running": running, "queued": queued,
+    return {"policy": policy, "agents": agents, "window": window if policy != "native" else "tokens", "running": running, "queued": queued,
             "median_us": round(statistics.median(samples), 2), "p90_us": round(samples[int(0.9 * len(samples))], 2),
             "held": gate.controller.held_requests}
 
@@ -97,13 +97,14 @@ def main() -> None:
         (n // 4, n // 4, n // 2),  # heavy: half the agents queued, most held
     ]
     rows = [measure(n, w, r, q, a.steps) for w, r, q in cases]
+    rows += [measure(n, n, n // 4, q, a.steps, "native") for q in (n // 20, n // 2)]
     os.makedirs(a.out, exist_ok=True)
     meta = {"python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
             "budget_us": 50}
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    lines = ["| agents | window | running | queued | held | median us/step | p90 us/step |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['agents']} | {r['window']} | {r['running']} | {r['queued']} | {r['held']} | {r['median_us']} | {r['p90_us']} |" for r in rows]
+    lines = ["| policy | agents | window | running | queued | held | median us/step | p90 us/step |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['policy']} | {r['agents']} | {r['window']} | {r['running']} | {r['queued']} | {r['held']} | {r['median_us']} | {r['p90_us']} |" for r in rows]
     text = "\n".join(lines)
     with open(os.path.join(a.out, "results.md"), "w") as f:
         f.write(f"Controller work per scheduler step ({meta['machine']}, Python {meta['python']}); budget 50 us.\n\n{text}\n")

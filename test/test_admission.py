@@ -34,12 +34,13 @@ def test_shrink_pauses_only_at_turn_boundary_and_paused_resume_first():
     assert t.update(1, [], {"a": 1, "b": 1, "c": 1}, 1.0) == {"a", "b", "c"}
     # a's next turn arrives while a still has a request in flight: not a boundary, stays
     assert "a" in t.update(1, ["a"], {"a": 1, "b": 1}, 2.0)
-    # b and c come back for their next turn with nothing in flight: paused (over by 2)
+    # b and c come back for their next turn with nothing in flight: paused (over by 2), the
+    # youngest admitted first (c, then b)
     active = t.update(1, ["b", "c"], {"a": 2}, 3.0)
     assert active == {"a"} and states(t) == {"a": "active", "b": "paused", "c": "paused", "x": "waiting"}
     # window grows back to 2: the first paused agent resumes before the new agent x
-    assert t.update(2, ["x", "c", "b"], {"a": 1}, 4.0) == {"a", "b"}
-    assert t.update(3, ["x", "c"], {"a": 1, "b": 1}, 5.0) == {"a", "b", "c"}
+    assert t.update(2, ["x", "b", "c"], {"a": 1}, 4.0) == {"a", "c"}
+    assert t.update(3, ["x", "b"], {"a": 1, "c": 1}, 5.0) == {"a", "b", "c"}
     assert t.update(4, ["x"], {"a": 1, "b": 1, "c": 1}, 6.0) == {"a", "b", "c", "x"}
 
 
@@ -75,3 +76,38 @@ def test_counts():
     c = t.counts()
     assert (c.active, c.paused, c.waiting) == (1, 2, 1)
     assert t.agents["d"].state is AgentState.WAITING
+
+
+def test_shrink_pauses_youngest_first_only_as_many_as_needed():
+    t = AdmissionTable(idle_timeout=60)
+    t.update(3, ["a", "b", "c"], {}, 0.0)
+    assert t.update(2, ["a", "b", "c"], {}, 1.0) == {"a", "b"}
+    assert states(t)["c"] == "paused"
+
+
+def test_token_budget_admits_by_footprint_head_of_line():
+    t = AdmissionTable(idle_timeout=60)
+    cost = {"small1": 100.0, "big": 900.0, "small2": 100.0, "small3": 100.0}.__getitem__
+    # budget 1000: small1 + big fit; small2 would overflow and waits, small3 is not let past it
+    assert t.update(1000, ["small1", "big", "small2", "small3"], {}, 0.0, cost=cost) == {"small1", "big"}
+    assert t.used == 1000
+    t.end("big")
+    assert t.update(1000, ["small2", "small3"], {}, 1.0, cost=cost) == {"small1", "small2", "small3"}
+    assert t.used == 300
+
+
+def test_token_budget_always_admits_one_agent_and_refresh_reprices():
+    t = AdmissionTable(idle_timeout=60)
+    sizes = {"huge": 5000.0, "b": 10.0}
+    assert t.update(1000, ["huge", "b"], {}, 0.0, cost=sizes.__getitem__) == {"huge"}
+    sizes["huge"] = 800.0
+    t.refresh(sizes.__getitem__)
+    assert t.used == 800 and t.update(1000, ["b"], {}, 1.0, cost=sizes.__getitem__) == {"huge", "b"}
+
+
+def test_pause_key_picks_most_pressure_for_least_lost_work():
+    t = AdmissionTable(idle_timeout=60)
+    sizes = {"a": 300.0, "b": 500.0, "c": 200.0}
+    t.update(1000, ["a", "b", "c"], {}, 0.0, cost=sizes.__getitem__)
+    t.update(500, ["a", "b", "c"], {}, 1.0, cost=sizes.__getitem__, pause_key=lambda a: a.cost)
+    assert states(t) == {"a": "active", "b": "paused", "c": "active"} and t.used == 500

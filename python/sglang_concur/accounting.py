@@ -10,7 +10,7 @@ next prompt (when a client rewrites history, the count is bounded by the new pro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Dict, Optional
 
 
 @dataclass(slots=True)
@@ -18,6 +18,12 @@ class AgentLedger:
     context_cached: int = 0  # tokens of its context the tree kept at the end of its last turn
     recomputed: int = 0  # total recomputed tokens over its turns
     turns: int = 0
+    shared: int = 0  # prefix matched on its first turn: shared with other agents (a system prompt)
+    first_context: int = 0  # context kept at the end of its first turn
+
+    def growth(self) -> Optional[float]:
+        """Mean context growth per turn so far (None before two finished turns)."""
+        return (self.context_cached - self.first_context) / (self.turns - 1) if self.turns > 1 else None
 
 
 @dataclass
@@ -31,13 +37,17 @@ class RecomputeLedger:
         self.evicted_tokens += n
 
     def turn_finished(self, agent: str, context_cached: int) -> None:
-        self.agents.setdefault(agent, AgentLedger()).context_cached = context_cached
+        a = self.agents.setdefault(agent, AgentLedger())
+        if a.turns <= 1:
+            a.first_context = context_cached
+        a.context_cached = context_cached
 
     def turn_admitted(self, agent: str, prompt_len: int, matched: int) -> int:
         """Returns the turn's recomputed tokens."""
         a = self.agents.setdefault(agent, AgentLedger())
         a.turns += 1
         if a.turns == 1:
+            a.shared = matched
             return 0
         lost = max(0, min(a.context_cached, prompt_len) - matched)
         a.recomputed += lost
@@ -47,3 +57,15 @@ class RecomputeLedger:
 
     def forget(self, agent: str) -> None:
         self.agents.pop(agent, None)
+
+
+def footprint(ledger: RecomputeLedger, agent: str, pending_prompt: int, default_growth: float) -> float:
+    """Predicted KV tokens the agent holds through its next turn: its private context (the shared
+    prefix is counted once, outside) plus one turn of growth (its own mean, else `default_growth`).
+    An agent not seen yet is priced by its queued prompt."""
+    a = ledger.agents.get(agent)
+    if a is None or a.turns == 0:
+        return max(1.0, pending_prompt + default_growth)
+    g = a.growth()
+    base = max(a.context_cached, pending_prompt) - a.shared
+    return max(1.0, base + (default_growth if g is None else g))

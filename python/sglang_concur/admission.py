@@ -1,11 +1,14 @@
 """Agent-level admission: which agents may have requests scheduled.  Pure: no SGLang, no clock
 (the caller passes `now`), so every rule here is tested in microseconds.
 
-An agent is WAITING from its first request until a window slot is free, then ACTIVE until it ends
-(explicit end, or `idle_timeout` seconds with nothing queued or in flight).  When the window is
-smaller than the number of active agents, an active agent whose next turn arrives with nothing
-of its own in flight (a turn boundary) is PAUSED: its requests wait, nothing running is touched.
-Free slots go to paused agents first (in pause order), then to waiting agents (in arrival order).
+An agent is WAITING from its first request until the window has room, then ACTIVE until it ends
+(explicit end, or `idle_timeout` seconds with nothing queued or in flight).  The window counts
+agents (cost 1 each) or, with a `cost` function, their predicted KV footprints in tokens.  When
+the active agents exceed the window, an active agent whose next turn arrives with nothing of its
+own in flight (a turn boundary) is PAUSED: its requests wait, nothing running is touched; the
+candidates with the highest `pause_key` go first.  Room goes to paused agents first (in pause
+order), then to waiting agents (in arrival order, head of line: a large agent is not overtaken);
+one agent is always admitted when none is active.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Set
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set
 
 
 class AgentState(str, enum.Enum):
@@ -29,6 +32,10 @@ class Agent:
     seq: int  # arrival order while WAITING, pause order while PAUSED, admission order if ACTIVE
     last_seen: float  # last time it had a request queued or in flight
     admissions: int = 0
+    cost: float = 1.0  # window units it holds while ACTIVE (its cost when admitted or last refreshed)
+
+
+Cost = Callable[[str], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,32 +51,47 @@ class AdmissionTable:
     agents: Dict[str, Agent] = field(default_factory=dict)
     _seq: "itertools.count[int]" = field(default_factory=itertools.count)
     _active: Set[str] = field(default_factory=set)
+    used: float = 0.0  # window units held by the active agents
 
-    def update(self, slots: int, wanting: Iterable[str], inflight: Mapping[str, int], now: float) -> Set[str]:
+    def update(self, window: float, wanting: Iterable[str], inflight: Mapping[str, int], now: float,
+               cost: Optional[Cost] = None, pause_key: Optional[Callable[[Agent], float]] = None) -> Set[str]:
         """One gate decision.  `wanting`: agents with queued requests, in queue order; `inflight`:
         requests in flight per agent.  Returns the ids of the ACTIVE agents (whose requests may run).
         Cost: O(len(wanting)); agents with nothing queued are not looked at."""
         agents = self.agents
-        over = len(self._active) - slots
         claims: List[Agent] = []
+        boundary: List[Agent] = []
         for aid in wanting:
             a = agents.get(aid)
             if a is None:
                 a = agents[aid] = Agent(aid, AgentState.WAITING, next(self._seq), now)
             a.last_seen = now
-            if a.state is AgentState.ACTIVE:
-                if over > 0 and not inflight.get(aid):  # a turn boundary while the window is shrinking
-                    self._set(a, AgentState.PAUSED)
-                    over -= 1
-            else:
+            if a.state is not AgentState.ACTIVE:
                 claims.append(a)
-        free = slots - len(self._active)
-        if free > 0 and claims:
+            elif not inflight.get(aid):
+                boundary.append(a)
+        if boundary and self.used > window:  # the window shrank: pause at turn boundaries
+            boundary.sort(key=pause_key or (lambda a: -a.seq), reverse=pause_key is not None)
+            for a in boundary:
+                if self.used <= window:
+                    break
+                self._set(a, AgentState.PAUSED)
+        if claims and self.used < window:
             claims.sort(key=lambda a: (a.state is not AgentState.PAUSED, a.seq))
-            for a in claims[:free]:
+            for a in claims:
+                c = 1.0 if cost is None else cost(a.agent_id)
+                if self._active and self.used + c > window:
+                    break
+                a.cost = c
                 self._set(a, AgentState.ACTIVE)
                 a.admissions += 1
         return self._active
+
+    def refresh(self, cost: Cost) -> None:
+        """Re-price the active agents (footprints grow); called once per control step."""
+        for aid in self._active:
+            self.agents[aid].cost = cost(aid)
+        self.used = sum(self.agents[aid].cost for aid in self._active)
 
     def sync(self, busy: Set[str], now: float) -> None:
         """Agents with requests in flight are active and not idle (also one ended while it ran:
@@ -77,8 +99,8 @@ class AdmissionTable:
         for aid in busy:
             a = self.agents.get(aid)
             if a is None:
-                a = self.agents[aid] = Agent(aid, AgentState.ACTIVE, next(self._seq), now)
-                self._active.add(aid)
+                a = self.agents[aid] = Agent(aid, AgentState.WAITING, next(self._seq), now)
+                self._set(a, AgentState.ACTIVE)
             elif a.state is not AgentState.ACTIVE:
                 self._set(a, AgentState.ACTIVE)
             a.last_seen = now
@@ -94,7 +116,9 @@ class AdmissionTable:
         """Explicit end of an agent: its slot frees at once.  Requests it still has in flight keep
         running; a later request starts it again as a new agent."""
         a = self.agents.pop(agent_id, None)
-        self._active.discard(agent_id)
+        if a is not None and a.state is AgentState.ACTIVE:
+            self._active.discard(agent_id)
+            self.used -= a.cost
         return a is not None
 
     def counts(self) -> Counts:
@@ -103,9 +127,11 @@ class AdmissionTable:
         return Counts(active=len(self._active), paused=paused, waiting=n - len(self._active) - paused)
 
     def _set(self, a: Agent, state: AgentState) -> None:
-        if state is AgentState.ACTIVE:
+        if state is AgentState.ACTIVE and a.state is not AgentState.ACTIVE:
             self._active.add(a.agent_id)
-        elif a.state is AgentState.ACTIVE:
+            self.used += a.cost
+        elif state is not AgentState.ACTIVE and a.state is AgentState.ACTIVE:
             self._active.discard(a.agent_id)
+            self.used -= a.cost
         a.state = state
         a.seq = next(self._seq)

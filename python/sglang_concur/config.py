@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Optional
 
-from sglang_concur.control import AimdParams, AimdPolicy, Bounds, Policy, StaticPolicy
+from sglang_concur.control import AimdParams, AimdPolicy, Bounds, NativeParams, NativePolicy, Policy, StaticPolicy
 
-POLICIES = ("static", "aimd")
+POLICIES = ("static", "aimd", "native")
 _AGENT_ID = re.compile(r"[A-Za-z0-9._:@/+=#-]{1,256}")
 
 
@@ -34,6 +34,7 @@ class ConcurConfig:
     concur_usage_low: float = 0.2
     concur_usage_high: float = 0.5
     concur_hit_threshold: float = 0.2
+    concur_recompute_threshold: float = 0.05
     concur_control_interval: float = 1.0
     concur_idle_timeout: float = 60.0
 
@@ -53,8 +54,11 @@ class ConcurConfig:
                 given[f.name] = _number(f.name, given[f.name], int if f.type == "int" else float)
         return cls(**given)
 
-    def policy(self) -> Policy:
+    def policy(self, capacity: float) -> Policy:
+        """The window policy; `capacity` is the KV pool size in tokens (used by `native`)."""
         bounds = Bounds(self.concur_min_window, self.concur_max_window)
+        if self.concur_policy == "native":
+            return NativePolicy(NativeParams(recompute_threshold=self.concur_recompute_threshold), float(capacity))
         if self.concur_policy == "static":
             return StaticPolicy(bounds)
         params = AimdParams(
@@ -71,7 +75,8 @@ FIELD_NAMES = tuple(f.name for f in fields(ConcurConfig))
 
 _HELP = {
     "concur_enable": "Enable CONCUR agent-level admission control (agent id = the request's routing_key).",
-    "concur_policy": "Window policy: 'static' (fixed window = --concur-initial-window) or 'aimd' (CONCUR Eq. 1).",
+    "concur_policy": "Window policy: 'static' (fixed window = --concur-initial-window), 'aimd' (CONCUR Eq. 1) or "
+                     "'native' (KV-token budget steered by recomputed history; window flags do not apply).",
     "concur_initial_window": "Agents that may be active at start (integer >= 1).",
     "concur_min_window": "Smallest window (integer >= 1).",
     "concur_max_window": "Largest window (integer >= --concur-min-window).",
@@ -80,6 +85,8 @@ _HELP = {
     "concur_usage_low": "Grow the window while KV usage of running requests is below this, in [0, 1).",
     "concur_usage_high": "Shrink only when KV usage is above this, in (0, 1], > --concur-usage-low.",
     "concur_hit_threshold": "...and the prefix hit rate of the interval is below this, in [0, 1].",
+    "concur_recompute_threshold": "native: shrink the budget when more than this share of returning turns' prompt "
+                                  "tokens was evicted history, in (0, 1).",
     "concur_control_interval": "Seconds between control steps (> 0).",
     "concur_idle_timeout": "Seconds an agent may hold a slot with nothing queued or in flight (> 0).",
 }
@@ -155,5 +162,6 @@ def _validate(c: ConcurConfig) -> None:
     need(0 < c.concur_usage_high <= 1, "concur_usage_high", "in (0, 1]")
     need(c.concur_usage_low < c.concur_usage_high, "concur_usage_low", f"< --concur-usage-high ({c.concur_usage_high})")
     need(0 <= c.concur_hit_threshold <= 1, "concur_hit_threshold", "in [0, 1]")
+    need(0 < c.concur_recompute_threshold < 1, "concur_recompute_threshold", "in (0, 1)")
     need(c.concur_control_interval > 0, "concur_control_interval", "> 0 seconds")
     need(c.concur_idle_timeout > 0, "concur_idle_timeout", "> 0 seconds")

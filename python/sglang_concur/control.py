@@ -9,6 +9,17 @@ Every policy maps (current window, signals of the last control interval) to the 
 
 U is the share of the KV pool held by running requests (evictable radix cache excluded) and H
 the prefix-cache hit rate of the tokens prefilled in the interval.  W stays in [min, max].
+
+`native` steers by what the engine sees directly.  Its window is a budget of KV tokens (the
+predicted footprints of the active agents must fit in it), starting at the KV pool's capacity:
+
+    B <- B * beta                      if R > R_max            (returning agents recompute history)
+    B <- B + step * capacity           if agents are held and R <= R_max / 2
+    B <- B                             otherwise
+
+R is the share of the returning turns' prompt tokens that were history evicted since the agent's
+last turn (recomputed), R_max a dimensionless share; every bound is a multiple of the capacity
+measured at start-up, so nothing depends on the model.
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from typing import Optional, Protocol
 class Signals:
     kv_usage: float  # 0..1, KV held by running requests, evictable cache excluded
     hit_rate: Optional[float]  # 0..1 over the interval; None when nothing was prefilled
+    recompute_ratio: Optional[float] = None  # recomputed / prompt tokens of returning turns; None if none
+    held_agents: int = 0  # agents with requests held by the gate (waiting or paused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +91,35 @@ class AimdPolicy:
         ):
             window = window * p.beta
         return self.bounds.clamp(window)
+
+
+@dataclass(frozen=True, slots=True)
+class NativeParams:
+    recompute_threshold: float = 0.05
+    beta: float = 0.7
+    step: float = 0.05  # additive increase, as a share of capacity
+    min_share: float = 0.125  # budget bounds, as shares of capacity
+    max_share: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class NativePolicy:
+    """Token-budget AIMD on recompute (see module docstring)."""
+
+    params: NativeParams
+    capacity: float  # KV pool tokens, measured at start-up
+    name: str = "native"
+
+    def initial_window(self) -> float:
+        return self.capacity
+
+    def next_window(self, window: float, s: Signals) -> float:
+        p, r = self.params, s.recompute_ratio
+        if r is not None and r > p.recompute_threshold:
+            window *= p.beta
+        elif s.held_agents > 0 and (r is None or r <= p.recompute_threshold / 2):
+            window += p.step * self.capacity
+        return min(max(window, p.min_share * self.capacity), p.max_share * self.capacity)
 
 
 def slots(window: float) -> int:

@@ -13,93 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Set
 
-from sglang_concur.accounting import RecomputeLedger
-from sglang_concur.admission import AdmissionTable, AgentState
 from sglang_concur.config import ConcurConfig
-from sglang_concur.control import Policy, Signals, slots
+from sglang_concur.controller import ConcurController
 from sglang_concur.ipc import ConcurControlReq, ConcurControlReqOutput
 
 logger = logging.getLogger("sglang_concur")
-
-
-@dataclass(slots=True)
-class IntervalStats:
-    hit_tokens: int = 0
-    input_tokens: int = 0
-
-    def hit_rate(self) -> Optional[float]:
-        return self.hit_tokens / self.input_tokens if self.input_tokens else None
-
-
-@dataclass
-class ConcurController:
-    """Window + admission table + control clock.  Knows nothing of SGLang."""
-
-    config: ConcurConfig
-    policy: Policy
-    table: AdmissionTable
-    window: float
-    next_control: float
-    interval: IntervalStats = field(default_factory=IntervalStats)
-    window_changes: Dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
-    last_signals: Optional[Signals] = None
-    held_requests: int = 0
-    ledger: RecomputeLedger = field(default_factory=RecomputeLedger)
-
-    @classmethod
-    def create(cls, config: ConcurConfig, now: float) -> "ConcurController":
-        return cls(config, config.policy(), AdmissionTable(config.concur_idle_timeout),
-                   float(config.concur_initial_window), now + config.concur_control_interval)
-
-    def control_step(self, now: float, kv_usage: float, busy: Set[str]) -> Optional[tuple]:
-        """Advance the window; returns (old, new) slot counts when they changed."""
-        self.next_control = now + self.config.concur_control_interval
-        self.table.sync(busy, now)
-        for aid in self.table.expire(now):
-            self.ledger.forget(aid)
-        s = Signals(kv_usage=kv_usage, hit_rate=self.interval.hit_rate())
-        self.last_signals, self.interval = s, IntervalStats()
-        old = slots(self.window)
-        self.window = self.policy.next_window(self.window, s)
-        new = slots(self.window)
-        if new == old:
-            return None
-        self.window_changes["up" if new > old else "down"] += 1
-        return old, new
-
-    def status(self) -> Dict[str, Any]:
-        c = self.table.counts()
-        s = self.last_signals
-        return {
-            "policy": self.policy.name,
-            "window": slots(self.window),
-            "window_raw": self.window,
-            "active_agents": c.active,
-            "paused_agents": c.paused,
-            "waiting_agents": c.waiting,
-            "held_requests": self.held_requests,
-            "evicted_tokens": self.ledger.evicted_tokens,
-            "recomputed_tokens": self.ledger.recomputed_tokens,
-            "window_changes": dict(self.window_changes),
-            "kv_usage": None if s is None else s.kv_usage,
-            "hit_rate": None if s is None else s.hit_rate,
-            "agents": {a.agent_id: self._agent_status(a) for a in self.table.agents.values()},
-            "config": self.config.as_dict(),
-        }
-
-
-    def end(self, agent_id: str) -> bool:
-        self.ledger.forget(agent_id)
-        return self.table.end(agent_id)
-
-    def _agent_status(self, a) -> Dict[str, Any]:
-        led = self.ledger.agents.get(a.agent_id)
-        return {"state": a.state.value, "admissions": a.admissions, "last_seen": a.last_seen,
-                "turns": led.turns if led else 0, "recomputed_tokens": led.recomputed if led else 0,
-                "context_cached": led.context_cached if led else 0}
 
 
 class SchedulerGate:
@@ -108,7 +28,7 @@ class SchedulerGate:
     def __init__(self, scheduler: Any, config: ConcurConfig) -> None:
         self.scheduler = scheduler
         self.clock = _make_clock(scheduler)
-        self.controller = ConcurController.create(config, self.clock())
+        self.controller = ConcurController.create(config, self.clock(), scheduler.max_total_num_tokens)
         self.metrics = _make_metrics(scheduler, config)
         self.inflight: Dict[str, int] = {}  # requests in flight per agent: +1 at admission, -1 at release
         self._original_prefill = scheduler.get_new_batch_prefill
@@ -132,12 +52,18 @@ class SchedulerGate:
         if queue:
             wanting = dict.fromkeys(r.routing_key for r in queue if r.routing_key is not None)
             if wanting:
-                active = ctl.table.update(slots(ctl.window), wanting, self.inflight, now)
+                if ctl.budgets_tokens:  # price new agents by their queued prompt
+                    pending = ctl.pending_prompt
+                    for r in queue:
+                        if r.routing_key is not None and r.routing_key not in pending:
+                            pending[r.routing_key] = len(r.origin_input_ids)
+                active = ctl.admit(wanting, self.inflight, now)
                 if not active.issuperset(wanting):
                     eligible = []
                     for r in queue:
                         (held if r.routing_key is not None and r.routing_key not in active else eligible).append(r)
         ctl.held_requests = len(held)
+        ctl.held_agents = len({r.routing_key for r in held}) if held else 0
         if not held:
             plan = self._original_prefill(running_batch)
         else:  # hide the held requests from this one pass; they keep their place ahead of later arrivals
@@ -160,6 +86,7 @@ class SchedulerGate:
                 inflight[key] = inflight.get(key, 0) + 1
                 if not getattr(r, "_concur_admitted", False):  # retracted requests come back: count once
                     r._concur_admitted = True
+                    ctl.pending_prompt.pop(key, None)
                     ledger.turn_admitted(key, len(r.origin_input_ids), r.prefix_len)
         elif held and batch is None and running_batch.is_empty():
             self._nap()
@@ -276,7 +203,7 @@ class _Metrics:
 
     def observe(self, ctl: ConcurController, changed: Optional[tuple]) -> None:
         c, lab = ctl.table.counts(), self.labels
-        self.window.labels(**lab).set(slots(ctl.window))
+        self.window.labels(**lab).set(ctl.window_size())
         self.active.labels(**lab).set(c.active)
         self.paused.labels(**lab).set(c.paused)
         self.waiting.labels(**lab).set(c.waiting)
