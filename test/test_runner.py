@@ -62,3 +62,13 @@ def test_closed_port_counts_failures_and_finishes():
     assert res["failed_turns"] == 3 and res["failed_agents"] == 3
     assert res["failed_attempts"] == 3 * 3  # first try + 2 retries per agent
     assert res["errors"] and all(v["failed"] and "turn 0" in v["error"] for v in res["per_agent"].values())
+
+
+def test_metric_parsing():
+    from sglang_concur.bench.runner import _metric
+
+    text = ('# HELP sglang:token_usage x\nsglang:token_usage{tp_rank="0"} 0.5\nsglang:token_usage{tp_rank="1"} 0.25\n'
+            'sglang:concur_window{tp_rank="0"} 8.0\nsglang:concur_window_changes_total{direction="up"} 3.0\n')
+    assert _metric(text, "sglang:token_usage", mean=True) == 0.375
+    assert _metric(text, "sglang:concur_window") == 8.0
+    assert _metric(text, "sglang:num_running_reqs") is None

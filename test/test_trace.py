@@ -120,3 +120,13 @@ def test_long_agents():
     med = lambda xs: sorted(xs)[len(xs) // 2]
     app = lambda a: med([t.append_tokens for t in a.turns])
     assert med([app(a) for a in long]) > 4 * med([app(a) for a in agents if a not in long])
+
+
+def test_cli_generate_trace(tmp_path, capsys):
+    from sglang_concur.bench.__main__ import main
+
+    path = str(tmp_path / "g.jsonl")
+    assert main(["generate-trace", "--preset", "cpu-smoke", "--agents", "5", "--seed", "2", "-o", path]) == 0
+    agents = load_trace(path)
+    assert len(agents) == 5 and all(a.context_tokens() <= 1000 for a in agents)
+    assert "wrote 5 agents" in capsys.readouterr().out

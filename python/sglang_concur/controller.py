@@ -14,13 +14,15 @@ from sglang_concur.control import NativePolicy, Policy, Signals, slots
 
 @dataclass(slots=True)
 class IntervalStats:
-    hit_tokens: int = 0
-    input_tokens: int = 0
+    hit_tokens: int = 0  # prompt tokens matched in the radix cache (SGLang's log_hit_tokens)
+    input_tokens: int = 0  # prompt tokens prefilled (SGLang's log_input_tokens: the uncached part)
     recomputed: int = 0  # ledger totals at the interval's start
     returning: int = 0
 
     def hit_rate(self) -> Optional[float]:
-        return self.hit_tokens / self.input_tokens if self.input_tokens else None
+        """SGLang's cache hit rate: hit / (hit + prefilled)."""
+        total = self.hit_tokens + self.input_tokens
+        return self.hit_tokens / total if total else None
 
 
 @dataclass

@@ -42,10 +42,29 @@ class Preset:
 
 PRESETS: Dict[str, Preset] = {
     "cpu-smoke": Preset(
-        "2-core CPU, both runs in ~3-4 min: 12 agents, ~5 turns, contexts up to 1k tokens, 2k-token KV pool",
+        "2-core CPU, both runs in ~2-4 min: 12 agents, ~5 turns, contexts up to 1k tokens, 2k-token KV pool",
         model="models/small", agents=12, max_total_tokens=2048, scale=0.06, seed=0,
         trace=dict(turns_scale=0.4, turns_max=8, time_scale=0.5, tool_max_s=8.0, max_context_tokens=1000,
                    prefix_min=800, prefix_max=1600, output_median=50.0, output_min=20, output_max=150),
+    ),
+    "cpu": Preset(
+        "2-core CPU thrashing preset: 32 agents x ~10 turns, ~1.4k-token final histories each (~45k in all) "
+        "against an 8k-token KV pool; each configuration a few minutes",
+        model="models/small", agents=32, max_total_tokens=8192, scale=0.15, seed=0,
+        trace=dict(turns_median=10, turns_sigma=0.25, turns_min=7, turns_max=13, n_prefixes=1, prefix_min=600,
+                   prefix_max=700, task_median=1000, task_sigma=0.3, append_median=800, append_sigma=0.5,
+                   max_context_tokens=2400, output_median=60, output_sigma=0.3, output_min=30, output_max=100,
+                   time_scale=0.5, tool_max_s=6.0),
+        sweep_max_running=(4, 8), sweep_agent_caps=(2, 4, 8, 16), sweep_policies=("aimd", "native"),
+    ),
+    "cpu-mixed": Preset(
+        "the cpu preset with mixed agent sizes: a quarter of the agents have 10x larger observations",
+        model="models/small", agents=32, max_total_tokens=8192, scale=0.15, seed=0,
+        trace=dict(turns_median=10, turns_sigma=0.25, turns_min=7, turns_max=13, n_prefixes=1, prefix_min=600,
+                   prefix_max=700, task_median=1000, task_sigma=0.3, append_median=500, append_sigma=0.5,
+                   long_fraction=0.25, long_factor=10.0, max_context_tokens=6000, output_median=60,
+                   output_sigma=0.3, output_min=30, output_max=100, time_scale=0.5, tool_max_s=6.0),
+        sweep_max_running=(8,), sweep_agent_caps=(2, 4, 8, 16), sweep_policies=("aimd", "native"),
     ),
 }
 
@@ -152,7 +171,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     results = run_on_server(p, agents, "sglang", [], out, prog, agent_caps=caps)
     for m in p.sweep_max_running:
         results += run_on_server(p, agents, f"sglang-mrr{m}", ["--max-running-requests", str(m)], out, prog)
-    base = [x for x in shlex.split(p.concur_args) if x != "--concur-policy" and x not in ("static", "aimd")]
+    base = [x for x in shlex.split(p.concur_args) if x != "--concur-policy" and x not in ("static", "aimd", "native")]
     for pol in p.sweep_policies:
         results += run_on_server(p, agents, f"concur-{pol}", ["--concur-enable", "--concur-policy", pol, *base], out, prog)
     md = f"preset {a.preset}, model {p.model}, KV pool {p.max_total_tokens} tokens\n\n" + table(results) + "\n"

@@ -161,7 +161,8 @@ class _HttpTarget(_Target):
     async def probe(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
         if self.has_metrics and (text := await self._get("/metrics", text=True)):
-            out = {"kv_usage": _metric(text, "sglang:token_usage"), "window": _metric(text, "sglang:concur_window"),
+            out = {"kv_usage": _metric(text, "sglang:token_usage", mean=True),
+                   "window": _metric(text, "sglang:concur_window"),
                    "active_agents": _metric(text, "sglang:concur_active_agents"),
                    "running_requests": _metric(text, "sglang:num_running_reqs")}
         if self.has_concur and out.get("window") is None and (st := await self._get("/concur/status")):
@@ -216,10 +217,10 @@ class _EngineTarget(_Target):
         return {"kv_usage": r0.get("kv_usage"), "window": r0.get("window"), "active_agents": r0.get("active_agents")}
 
 
-def _metric(text: str, name: str) -> Optional[float]:
-    """Sum of a Prometheus series over its label sets (one per rank), None when absent."""
+def _metric(text: str, name: str, mean: bool = False) -> Optional[float]:
+    """Sum (or mean) of a Prometheus series over its label sets (one per rank), None when absent."""
     vals = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([-+0-9.eEinfa]+)$", text, re.M)]
-    return sum(vals) if vals else None
+    return (sum(vals) / (len(vals) if mean else 1)) if vals else None
 
 
 # --- driver ------------------------------------------------------------------------------

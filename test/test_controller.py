@@ -1,0 +1,32 @@
+"""The controller's interval signals and window bookkeeping (pure)."""
+
+from sglang_concur.config import ConcurConfig
+from sglang_concur.controller import ConcurController, IntervalStats
+
+
+def test_hit_rate_is_hits_over_all_prompt_tokens_like_sglang():
+    assert IntervalStats(hit_tokens=300, input_tokens=100).hit_rate() == 0.75
+    assert IntervalStats(hit_tokens=0, input_tokens=0).hit_rate() is None
+    assert IntervalStats(hit_tokens=50, input_tokens=0).hit_rate() == 1.0
+
+
+def test_aimd_control_step_backs_off_on_thrash_and_reports_the_change():
+    c = ConcurController.create(ConcurConfig(concur_enable=True, concur_initial_window=8), now=0.0, capacity=1000)
+    c.interval.hit_tokens, c.interval.input_tokens = 10, 990  # hit rate 0.01
+    assert c.control_step(1.0, kv_usage=0.9, busy=set()) == (8, 4)
+    assert c.last_signals.hit_rate == 0.01 and c.window_changes == {"up": 0, "down": 1}
+    c.interval.hit_tokens, c.interval.input_tokens = 900, 100  # healthy: hold
+    assert c.control_step(2.0, kv_usage=0.9, busy=set()) is None and c.window == 4
+
+
+def test_native_recompute_ratio_from_the_ledger_interval():
+    c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="native"), now=0.0, capacity=10_000)
+    assert c.window_size() == 10_000 and c.status()["window_unit"] == "tokens"
+    led = c.ledger
+    led.turn_admitted("a", 100, 0)
+    led.turn_finished("a", 150)
+    led.turn_admitted("a", 200, 0)  # 150 of history recomputed out of a 200-token returning prompt
+    assert c.control_step(1.0, kv_usage=0.5, busy={"a"}) == (10_000, 7_000)
+    assert c.last_signals.recompute_ratio == 0.75
+    assert c.control_step(2.0, kv_usage=0.5, busy={"a"}) is None  # no returning turn in this interval
+    assert c.last_signals.recompute_ratio is None
