@@ -49,12 +49,13 @@ def test_static_never_moves():
 
 def test_native_budget_shrinks_on_recompute_grows_when_agents_held_and_is_bounded_by_capacity():
     n = NativePolicy(NativeParams(), capacity=10_000)
-    assert n.initial_window() == 10_000
-    sig = lambda r, held=0: Signals(0.9, 0.0, recompute_ratio=r, held_agents=held)  # noqa: E731
+    assert n.initial_window() == 5_000
+    sig = lambda r, held=0, settling=False: Signals(0.9, 0.0, recompute_ratio=r, held_agents=held, settling=settling)  # noqa: E731
     assert n.next_window(10_000, sig(0.2)) == 7_000                    # returning agents recompute: back off
+    assert n.next_window(10_000, sig(0.2, settling=True)) == 10_000    # ...but not again before the cut is seen
     assert n.next_window(7_000, sig(0.05, held=3)) == 7_000            # at the threshold: hold
     assert n.next_window(7_000, sig(0.02, held=3)) == 7_500            # healthy and agents held: grow
     assert n.next_window(7_000, sig(None, held=3)) == 7_500            # no returning turns yet
     assert n.next_window(7_000, sig(0.0, held=0)) == 7_000             # nobody waits: no reason to grow
-    assert n.next_window(1_300, sig(0.9)) == 1_250                     # floor: capacity / 8
+    assert n.next_window(3_000, sig(0.9)) == 2_500                     # floor: capacity / 4
     assert n.next_window(19_900, sig(0.0, held=1)) == 20_000           # ceiling: 2 x capacity

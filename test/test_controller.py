@@ -21,12 +21,27 @@ def test_aimd_control_step_backs_off_on_thrash_and_reports_the_change():
 
 def test_native_recompute_ratio_from_the_ledger_interval():
     c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="native"), now=0.0, capacity=10_000)
-    assert c.window_size() == 10_000 and c.status()["window_unit"] == "tokens"
+    assert c.window_size() == 5_000 and c.status()["window_unit"] == "tokens"
     led = c.ledger
     led.turn_admitted("a", 100, 0)
     led.turn_finished("a", 150)
     led.turn_admitted("a", 200, 0)  # 150 of history recomputed out of a 200-token returning prompt
-    assert c.control_step(1.0, kv_usage=0.5, busy={"a"}) == (10_000, 7_000)
+    assert c.control_step(1.0, kv_usage=0.5, busy={"a"}) == (5_000, 3_500)
     assert c.last_signals.recompute_ratio == 0.75
     assert c.control_step(2.0, kv_usage=0.5, busy={"a"}) is None  # no returning turn in this interval
-    assert c.last_signals.recompute_ratio is None
+    assert c.last_signals.recompute_ratio is None and c.last_signals.settling
+    led.turn_finished("a", 250)
+    led.turn_admitted("a", 300, 0)  # a came back once since the cut: settled, and still recomputing
+    assert c.control_step(3.0, kv_usage=0.5, busy={"a"}) == (3_500, 2_500)
+
+
+def test_recompute_of_a_resumed_agent_is_not_congestion():
+    c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="native"), now=0.0, capacity=10_000)
+    c.table.update(5_000, ["a"], {}, 0.0, cost=lambda _: 1000.0)
+    c.turn_admitted("a", 100, 0)
+    c.ledger.turn_finished("a", 150)
+    c.table.update(500, ["a"], {}, 0.5, cost=lambda _: 1000.0)  # budget fell: a is paused at its turn boundary
+    c.table.update(5_000, ["a"], {}, 0.6, cost=lambda _: 1000.0)  # and resumed
+    c.turn_admitted("a", 200, 0)  # its history was evicted while paused: 150 recomputed
+    assert c.ledger.recomputed_tokens == 150 and c.ledger.admitted_recomputed == 0
+    assert c.control_step(1.0, kv_usage=0.5, busy={"a"}) is None and c.last_signals.recompute_ratio is None

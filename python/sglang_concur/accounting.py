@@ -32,6 +32,11 @@ class RecomputeLedger:
     evicted_tokens: int = 0  # since start, from the radix tree's eviction path
     recomputed_tokens: int = 0  # since start, over all agents
     returning_prompt_tokens: int = 0  # prompt tokens of turns after an agent's first
+    returning_turns: int = 0
+    # the same, over the turns of agents that stayed admitted since their last turn: recompute there
+    # is congestion among admitted agents (a resumed agent's recompute is the price of its pause)
+    admitted_recomputed: int = 0
+    admitted_prompt_tokens: int = 0
 
     def evicted(self, n: int) -> None:
         self.evicted_tokens += n
@@ -42,8 +47,8 @@ class RecomputeLedger:
             a.first_context = context_cached
         a.context_cached = context_cached
 
-    def turn_admitted(self, agent: str, prompt_len: int, matched: int) -> int:
-        """Returns the turn's recomputed tokens."""
+    def turn_admitted(self, agent: str, prompt_len: int, matched: int, resumed: bool = False) -> int:
+        """Returns the turn's recomputed tokens.  `resumed`: the agent was paused since its last turn."""
         a = self.agents.setdefault(agent, AgentLedger())
         a.turns += 1
         if a.turns == 1:
@@ -53,6 +58,10 @@ class RecomputeLedger:
         a.recomputed += lost
         self.recomputed_tokens += lost
         self.returning_prompt_tokens += prompt_len
+        self.returning_turns += 1
+        if not resumed:
+            self.admitted_recomputed += lost
+            self.admitted_prompt_tokens += prompt_len
         return lost
 
     def forget(self, agent: str) -> None:
@@ -60,12 +69,13 @@ class RecomputeLedger:
 
 
 def footprint(ledger: RecomputeLedger, agent: str, pending_prompt: int, default_growth: float) -> float:
-    """Predicted KV tokens the agent holds through its next turn: its private context (the shared
-    prefix is counted once, outside) plus one turn of growth (its own mean, else `default_growth`).
-    An agent not seen yet is priced by its queued prompt."""
+    """Predicted KV tokens the agent will hold: its private context (the shared prefix is counted
+    once, outside) grown at its own mean rate (else `default_growth`) for as many more turns as it
+    has done (agent lifetimes are heavy-tailed: the expected remaining life grows with age).
+    An agent not seen yet is priced by its queued prompt and one turn of growth."""
     a = ledger.agents.get(agent)
     if a is None or a.turns == 0:
         return max(1.0, pending_prompt + default_growth)
     g = a.growth()
     base = max(a.context_cached, pending_prompt) - a.shared
-    return max(1.0, base + (default_growth if g is None else g))
+    return max(1.0, base + (default_growth if g is None else g) * max(1, a.turns))

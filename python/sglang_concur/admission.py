@@ -33,6 +33,7 @@ class Agent:
     last_seen: float  # last time it had a request queued or in flight
     admissions: int = 0
     cost: float = 1.0  # window units it holds while ACTIVE (its cost when admitted or last refreshed)
+    resumed: bool = False  # admitted again after a pause: its next turn may recompute what the pause cost
 
 
 Cost = Callable[[str], float]
@@ -83,6 +84,7 @@ class AdmissionTable:
                 if self._active and self.used + c > window:
                     break
                 a.cost = c
+                a.resumed = a.state is AgentState.PAUSED
                 self._set(a, AgentState.ACTIVE)
                 a.admissions += 1
         return self._active

@@ -13,9 +13,13 @@ the prefix-cache hit rate of the tokens prefilled in the interval.  W stays in [
 `native` steers by what the engine sees directly.  Its window is a budget of KV tokens (the
 predicted footprints of the active agents must fit in it), starting at the KV pool's capacity:
 
-    B <- B * beta                      if R > R_max            (returning agents recompute history)
+    B <- B * beta                      if R > R_max and not settling  (returning agents recompute history)
     B <- B + step * capacity           if agents are held and R <= R_max / 2
     B <- B                             otherwise
+
+Recompute lags a cut (agents whose history was already evicted still come back to recompute it),
+so after a cut the budget settles until as many turns have returned as there were active agents.
+The budget starts at half the capacity and moves within [capacity / 4, 2 x capacity].
 
 R is the share of the returning turns' prompt tokens that were history evicted since the agent's
 last turn (recomputed), R_max a dimensionless share; every bound is a multiple of the capacity
@@ -35,6 +39,7 @@ class Signals:
     hit_rate: Optional[float]  # 0..1 over the interval; None when nothing was prefilled
     recompute_ratio: Optional[float] = None  # recomputed / prompt tokens of returning turns; None if none
     held_agents: int = 0  # agents with requests held by the gate (waiting or paused)
+    settling: bool = False  # the last cut has not been seen by every agent it affected yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +103,8 @@ class NativeParams:
     recompute_threshold: float = 0.05
     beta: float = 0.7
     step: float = 0.05  # additive increase, as a share of capacity
-    min_share: float = 0.125  # budget bounds, as shares of capacity
+    initial_share: float = 0.5  # budget bounds and start, as shares of capacity
+    min_share: float = 0.25
     max_share: float = 2.0
 
 
@@ -111,12 +117,13 @@ class NativePolicy:
     name: str = "native"
 
     def initial_window(self) -> float:
-        return self.capacity
+        return self.params.initial_share * self.capacity
 
     def next_window(self, window: float, s: Signals) -> float:
         p, r = self.params, s.recompute_ratio
         if r is not None and r > p.recompute_threshold:
-            window *= p.beta
+            if not s.settling:
+                window *= p.beta
         elif s.held_agents > 0 and (r is None or r <= p.recompute_threshold / 2):
             window += p.step * self.capacity
         return min(max(window, p.min_share * self.capacity), p.max_share * self.capacity)

@@ -16,7 +16,7 @@ from sglang_concur.control import NativePolicy, Policy, Signals, slots
 class IntervalStats:
     hit_tokens: int = 0  # prompt tokens matched in the radix cache (SGLang's log_hit_tokens)
     input_tokens: int = 0  # prompt tokens prefilled (SGLang's log_input_tokens: the uncached part)
-    recomputed: int = 0  # ledger totals at the interval's start
+    recomputed: int = 0  # ledger totals (turns of agents that stayed admitted) at the interval's start
     returning: int = 0
 
     def hit_rate(self) -> Optional[float]:
@@ -40,6 +40,8 @@ class ConcurController:
     ledger: RecomputeLedger = field(default_factory=RecomputeLedger)
     default_growth: float = 0.0  # mean per-turn context growth over agents (native pricing)
     pending_prompt: Dict[str, int] = field(default_factory=dict)  # first queued prompt per agent
+    mean_cost: float = 0.0  # mean footprint of active agents past their first turn (prices new agents)
+    settle_until_turns: int = 0  # ledger.returning_turns at which the last cut has been seen
 
     @classmethod
     def create(cls, config: ConcurConfig, now: float, capacity: float) -> "ConcurController":
@@ -59,12 +61,26 @@ class ConcurController:
         return self.table.update(self.window, wanting, inflight, now, cost=self.cost, pause_key=self.pause_key)
 
     def cost(self, agent: str) -> float:
-        return footprint(self.ledger, agent, self.pending_prompt.get(agent, 0), self.default_growth)
+        """Predicted footprint.  An agent not seen yet is charged at least the mean of the measured
+        ones, and before any is measured, an eighth of the capacity (a prior, replaced by data)."""
+        c = footprint(self.ledger, agent, self.pending_prompt.get(agent, 0), self.default_growth)
+        if agent in self.ledger.agents:
+            return c
+        return max(c, self.mean_cost or self.policy.capacity / 8)
 
     def pause_key(self, a: Agent) -> float:
         """Pause first the agent whose pause frees the most tokens for the least work done so far."""
         led = self.ledger.agents.get(a.agent_id)
         return a.cost / (1 + (led.turns if led else 0))
+
+    def turn_admitted(self, agent: str, prompt_len: int, matched: int) -> None:
+        """A turn of `agent` entered a prefill batch."""
+        a = self.table.agents.get(agent)
+        resumed = a is not None and a.resumed
+        if resumed:
+            a.resumed = False
+        self.pending_prompt.pop(agent, None)
+        self.ledger.turn_admitted(agent, prompt_len, matched, resumed)
 
     # --- the control step (every control interval) -----------------------------------------
     def control_step(self, now: float, kv_usage: float, busy: Set[str]) -> Optional[Tuple[float, float]]:
@@ -73,18 +89,25 @@ class ConcurController:
         self.table.sync(busy, now)
         for aid in self.table.expire(now):
             self.ledger.forget(aid)
+            self.pending_prompt.pop(aid, None)
         led, iv = self.ledger, self.interval
-        returning = led.returning_prompt_tokens - iv.returning
-        ratio = (led.recomputed_tokens - iv.recomputed) / returning if returning else None
-        s = Signals(kv_usage=kv_usage, hit_rate=iv.hit_rate(), recompute_ratio=ratio, held_agents=self.held_agents)
+        returning = led.admitted_prompt_tokens - iv.returning
+        ratio = (led.admitted_recomputed - iv.recomputed) / returning if returning else None
+        s = Signals(kv_usage=kv_usage, hit_rate=iv.hit_rate(), recompute_ratio=ratio, held_agents=self.held_agents,
+                    settling=led.returning_turns < self.settle_until_turns)
         self.last_signals = s
-        self.interval = IntervalStats(recomputed=led.recomputed_tokens, returning=led.returning_prompt_tokens)
+        self.interval = IntervalStats(recomputed=led.admitted_recomputed, returning=led.admitted_prompt_tokens)
         if self.budgets_tokens:
             growths = [g for a in led.agents.values() if (g := a.growth()) is not None]
             self.default_growth = sum(growths) / len(growths) if growths else 0.0
             self.table.refresh(self.cost)
+            known = [self.table.agents[a].cost for a in self.table._active if a in led.agents]
+            self.mean_cost = sum(known) / len(known) if known else 0.0
         old = self.window_size(self.window)
-        self.window = self.policy.next_window(self.window, s)
+        window = self.policy.next_window(self.window, s)
+        if window < self.window:  # a cut: let every active agent come back once before the next
+            self.settle_until_turns = led.returning_turns + max(1, len(self.table._active))
+        self.window = window
         new = self.window_size(self.window)
         if new == old:
             return None

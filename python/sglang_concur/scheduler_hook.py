@@ -77,7 +77,7 @@ class SchedulerGate:
         if stats is not None:
             ctl.interval.hit_tokens += stats.log_hit_tokens
             ctl.interval.input_tokens += stats.log_input_tokens
-            ledger, inflight = ctl.ledger, self.inflight
+            inflight = self.inflight
             for r in batch.reqs:
                 key = r.routing_key
                 if key is None or getattr(r, "_concur_inflight", False):
@@ -86,8 +86,7 @@ class SchedulerGate:
                 inflight[key] = inflight.get(key, 0) + 1
                 if not getattr(r, "_concur_admitted", False):  # retracted requests come back: count once
                     r._concur_admitted = True
-                    ctl.pending_prompt.pop(key, None)
-                    ledger.turn_admitted(key, len(r.origin_input_ids), r.prefix_len)
+                    ctl.turn_admitted(key, len(r.origin_input_ids), r.prefix_len)
         elif held and batch is None and running_batch.is_empty():
             self._nap()
         return plan

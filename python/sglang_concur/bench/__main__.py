@@ -38,6 +38,7 @@ class Preset:
     sweep_max_running: Tuple[int, ...] = (2, 4, 8)
     sweep_agent_caps: Tuple[int, ...] = (2, 4, 8)
     sweep_policies: Tuple[str, ...] = ("aimd", "static")
+    device: str = "cpu"  # cpu: CPU flags and shim; cuda: upstream GPU defaults
 
 
 PRESETS: Dict[str, Preset] = {
@@ -64,7 +65,14 @@ PRESETS: Dict[str, Preset] = {
                    prefix_max=700, task_median=1000, task_sigma=0.3, append_median=500, append_sigma=0.5,
                    long_fraction=0.25, long_factor=10.0, max_context_tokens=6000, output_median=60,
                    output_sigma=0.3, output_min=30, output_max=100, time_scale=0.5, tool_max_s=6.0),
-        sweep_max_running=(8,), sweep_agent_caps=(2, 4, 8, 16), sweep_policies=("aimd", "native"),
+        sweep_max_running=(), sweep_agent_caps=(2, 4, 8, 16), sweep_policies=("aimd", "native"),
+    ),
+    "gpu-h100": Preset(
+        "H100/A100 regression: Qwen3-8B shapes with random weights, 128 agents at full trace scale "
+        "(~15k-token final histories, ~2M tokens in all) against the GPU's whole KV cache",
+        model="benchmark/configs/qwen3-8b", agents=128, max_total_tokens=0, scale=1.0, seed=0,
+        trace=dict(turns_max=40, max_context_tokens=32000), device="cuda",
+        sweep_max_running=(32, 64), sweep_agent_caps=(16, 32, 64), sweep_policies=("aimd", "native"),
     ),
 }
 
@@ -99,13 +107,14 @@ def run_on_server(p: Preset, agents: Sequence[AgentTrace], label: str, extra: Se
     """Start a CPU server with `extra` flags; run the trace once per agent cap (cache flushed between)."""
     import urllib.request
 
-    from sglang_concur.bench.server import cpu_server
+    from sglang_concur.bench.server import cpu_server, gpu_server
 
     log = os.path.join(out, f"server-{label}.log")
     t = time.monotonic()
     results = []
-    with cpu_server(p.model, extra=[*p.server_args, "--enable-metrics", *extra], log_path=log,
-                    max_total_tokens=p.max_total_tokens) as srv:
+    launch = gpu_server if p.device == "cuda" else cpu_server
+    with launch(p.model, extra=[*p.server_args, "--enable-metrics", *extra], log_path=log,
+                max_total_tokens=p.max_total_tokens or None) as srv:
         print(f"[{label}] server up in {time.monotonic() - t:.0f}s: {' '.join(extra) or '(plain)'}", flush=True)
         for i, cap in enumerate(agent_caps):
             name = label if cap is None else f"{label}-cap{cap}"
@@ -186,7 +195,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 
 def plot(results: Sequence[Dict[str, Any]], out: str) -> None:
-    """completion.png (completion time per run) and timeline.png (hit rate, KV usage, output rate)."""
+    """completion.png: completion time against the fixed agent cap (the U), with plain SGLang, its
+    request caps and each CONCUR policy as lines; timeline.png: output tok/s, hit rate and KV usage
+    over time for plain SGLang, the best fixed cap and CONCUR."""
     try:
         import matplotlib
 
@@ -195,28 +206,62 @@ def plot(results: Sequence[Dict[str, Any]], out: str) -> None:
     except ImportError:
         print("matplotlib not installed: no plots (pip install matplotlib)")
         return
-    labels = [r["label"] for r in results]
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(labels)), 4))
-    ax.bar(labels, [r["completion_time_s"] for r in results], color=["C1" if "concur" in l else "C0" for l in labels])
+    by = {r["label"]: r for r in results}
+    caps = sorted((int(l.rsplit("cap", 1)[1]), r) for l, r in by.items() if "-cap" in l and l.startswith("sglang-cap"))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if caps:
+        ax.plot([c for c, _ in caps], [r["completion_time_s"] for _, r in caps], "o-", color="C0", label="fixed agent cap")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([c for c, _ in caps], [str(c) for c, _ in caps])
+    styles = {"sglang": ("k", "--")}
+    for i, (label, r) in enumerate(x for x in by.items() if not x[0].startswith("sglang-cap")):
+        color, ls = styles.get(label, (f"C{i + 1}", "-" if label.startswith("concur") else ":"))
+        ax.axhline(r["completion_time_s"], color=color, ls=ls, lw=1.5, label=label)
+    ax.set_xlabel("client-side agent cap")
     ax.set_ylabel("batch completion time (s)")
-    ax.tick_params(axis="x", rotation=45)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "completion.png"), dpi=120)
     plt.close(fig)
-    keys = [("hit_rate", "hit rate (last 1 s)"), ("kv_usage", "KV usage"), ("output_tokens_per_s", "output tok/s")]
+    chosen = [by[l] for l in ("sglang",) if l in by]
+    if caps:
+        chosen.append(min((r for _, r in caps), key=lambda r: r["completion_time_s"]))
+    chosen += [r for l, r in by.items() if l.startswith("concur")]
+    keys = [("output_tokens_per_s", "output tok/s"), ("hit_rate", "hit rate (last 1 s)"), ("kv_usage", "KV usage")]
     fig, axes = plt.subplots(len(keys), 1, figsize=(8, 8), sharex=True)
-    for r in results:
+    for r in chosen:
         tl = r["timeline"]
         for ax, (k, name) in zip(axes, keys):
-            pts = [(x["t"], x[k]) for x in tl if x[k] is not None]
+            pts = [(x["t"], x[k]) for x in tl if x.get(k) is not None]
             if pts:
                 ax.plot(*zip(*pts), label=r["label"], lw=1)
             ax.set_ylabel(name)
     axes[-1].set_xlabel("time (s)")
-    axes[0].legend(fontsize=7, ncol=2)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "timeline.png"), dpi=120)
     plt.close(fig)
+
+
+def cmd_plot(a: argparse.Namespace) -> int:
+    """Re-draw the plots and the table of a finished sweep directory from its per-run JSON files."""
+    runs = []
+    for name in sorted(os.listdir(a.dir)):
+        if name.endswith(".json") and name not in ("sweep.json", "compare.json"):
+            with open(os.path.join(a.dir, name)) as f:
+                r = json.load(f)
+            if isinstance(r, dict) and "timeline" in r:
+                runs.append(r)
+    def order(r: Dict[str, Any]) -> Tuple[int, int, str]:
+        label = r["label"]
+        group = 0 if label == "sglang" else 1 if "-cap" in label else 2 if "-mrr" in label else 3
+        digits = "".join(ch for ch in label.rsplit("-", 1)[-1] if ch.isdigit())
+        return group, int(digits or 0), label
+
+    runs.sort(key=order)
+    plot(runs, a.dir)
+    print(table(runs))
+    return 0
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -297,6 +342,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", choices=sorted(PRESETS), help="start from this preset's trace shape")
     trace_opts(g)
     g.set_defaults(fn=cmd_generate)
+
+    pl = sub.add_parser("plot", help="re-draw the plots and table of a sweep directory")
+    pl.add_argument("dir")
+    pl.set_defaults(fn=cmd_plot)
     return ap
 
 

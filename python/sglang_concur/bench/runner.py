@@ -191,11 +191,6 @@ class _EngineTarget(_Target):
         cfg = getattr(engine.server_args, "_concur_config", None)
         self.has_concur = bool(cfg is not None and cfg.concur_enable)
 
-    async def _control(self, op: str, agent_id: Optional[str] = None) -> List[Dict[str, Any]]:
-        from sglang_concur.server_hook import _control
-
-        return await _control(self.engine.tokenizer_manager, op, agent_id)
-
     async def generate(self, agent_id: str, ids: List[int], n: int) -> tuple[List[int], int, int]:
         try:
             d = await self.engine.async_generate(
@@ -208,12 +203,12 @@ class _EngineTarget(_Target):
 
     async def end_agent(self, agent_id: str) -> None:
         if self.has_concur:
-            await self._control("end", agent_id)
+            await self.engine.async_concur_end_agent(agent_id)
 
     async def probe(self) -> Dict[str, Any]:
         if not self.has_concur:
             return {}
-        r0 = (await self._control("status"))[0]
+        r0 = (await self.engine.async_concur_status())["ranks"][0]
         return {"kv_usage": r0.get("kv_usage"), "window": r0.get("window"), "active_agents": r0.get("active_agents")}
 
 

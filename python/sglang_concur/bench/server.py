@@ -83,8 +83,24 @@ class ServerProcess:
 
 
 def cpu_server(model: str, extra: Sequence[str] = (), log_path: Optional[str] = None,
-               port: Optional[int] = None, max_total_tokens: int = 16384) -> ServerProcess:
+               port: Optional[int] = None, max_total_tokens: Optional[int] = 16384) -> ServerProcess:
     """A real SGLang server on this CPU with the flags that work there (see `sglang_concur.cpu`)."""
     port = port or free_port()
-    args = ["--model-path", model, *cpu.SERVER_ARGS, "--max-total-tokens", str(max_total_tokens), *extra]
+    args = ["--model-path", model, *cpu.SERVER_ARGS, "--max-total-tokens", str(max_total_tokens or 16384), *extra]
     return ServerProcess(args, port, log_path or f"/tmp/sglang-concur-server-{port}.log", env=cpu.env())
+
+
+def gpu_server(model: str, extra: Sequence[str] = (), log_path: Optional[str] = None,
+               port: Optional[int] = None, max_total_tokens: Optional[int] = None) -> ServerProcess:
+    """A real SGLang server on the GPU with upstream defaults (CUDA graphs, overlap scheduler).
+    `model` may be a directory holding only a config.json: weights are random (`--load-format dummy`)
+    and requests carry token ids (`--skip-tokenizer-init`)."""
+    import os
+
+    port = port or free_port()
+    args = ["--model-path", model]
+    if not any(os.path.exists(os.path.join(model, f)) for f in ("model.safetensors", "model.safetensors.index.json")):
+        args += ["--load-format", "dummy", "--skip-tokenizer-init"]
+    if max_total_tokens:
+        args += ["--max-total-tokens", str(max_total_tokens)]
+    return ServerProcess([*args, *extra], port, log_path or f"/tmp/sglang-concur-server-{port}.log")
