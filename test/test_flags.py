@@ -81,7 +81,7 @@ def test_cli_exits_with_one_line(tiny_model):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(concur_enable=True, concur_beta=2.0), "--concur-beta must be in (0, 1), got 2.0"),
-    (dict(concur_enable=True, concur_policy="nope"), "--concur-policy must be one of static, aimd, got 'nope'"),
+    (dict(concur_enable=True, concur_policy="nope"), "--concur-policy must be one of static, aimd, native, got 'nope'"),
     (dict(concur_alpha=1.0), "--concur-alpha needs --concur-enable"),
     (dict(concur_enable=True, concur_windw=3), "unknown keyword 'concur_windw'"),
 ])
