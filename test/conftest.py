@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 import pytest
+
+# SGLang's Engine shuts down again at interpreter exit, after pytest closed its captured streams;
+# its log call there would print a "Logging error" traceback after the test summary.
+logging.raiseExceptions = False
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "python"))
