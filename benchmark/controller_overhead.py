@@ -80,7 +80,7 @@ def measure(agents: int, window: int, running: int, queued: int, steps: int, pol
     samples.sort()
     return {"policy": policy, "agents": agents, "window": window if policy != "native" else "tokens", "running": running, "queued": queued,
             "median_us": round(statistics.median(samples), 2), "p90_us": round(samples[int(0.9 * len(samples))], 2),
-            "held": gate.controller.held_requests}
+            "held": len(gate.controller.held)}
 
 
 def main() -> None:

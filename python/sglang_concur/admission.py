@@ -89,6 +89,10 @@ class AdmissionTable:
                 a.admissions += 1
         return self._active
 
+    @property
+    def active(self) -> Set[str]:
+        return self._active
+
     def refresh(self, cost: Cost) -> None:
         """Re-price the active agents (footprints grow); called once per control step."""
         for aid in self._active:

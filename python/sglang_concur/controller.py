@@ -4,7 +4,7 @@ Pure: no SGLang, no clock (times are passed in), so it runs in tests as it runs 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from sglang_concur.accounting import RecomputeLedger, footprint
 from sglang_concur.admission import Agent, AdmissionTable
@@ -35,8 +35,7 @@ class ConcurController:
     interval: IntervalStats = field(default_factory=IntervalStats)
     window_changes: Dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
     last_signals: Optional[Signals] = None
-    held_requests: int = 0
-    held_agents: int = 0
+    held: List[Any] = field(default_factory=list)  # requests the last gate decision held back
     ledger: RecomputeLedger = field(default_factory=RecomputeLedger)
     default_growth: float = 0.0  # mean per-turn context growth over agents (native pricing)
     pending_prompt: Dict[str, int] = field(default_factory=dict)  # first queued prompt per agent
@@ -93,7 +92,8 @@ class ConcurController:
         led, iv = self.ledger, self.interval
         returning = led.admitted_prompt_tokens - iv.returning
         ratio = (led.admitted_recomputed - iv.recomputed) / returning if returning else None
-        s = Signals(kv_usage=kv_usage, hit_rate=iv.hit_rate(), recompute_ratio=ratio, held_agents=self.held_agents,
+        held_agents = len({r.routing_key for r in self.held})
+        s = Signals(kv_usage=kv_usage, hit_rate=iv.hit_rate(), recompute_ratio=ratio, held_agents=held_agents,
                     settling=led.returning_turns < self.settle_until_turns)
         self.last_signals = s
         self.interval = IntervalStats(recomputed=led.admitted_recomputed, returning=led.admitted_prompt_tokens)
@@ -101,12 +101,12 @@ class ConcurController:
             growths = [g for a in led.agents.values() if (g := a.growth()) is not None]
             self.default_growth = sum(growths) / len(growths) if growths else 0.0
             self.table.refresh(self.cost)
-            known = [self.table.agents[a].cost for a in self.table._active if a in led.agents]
+            known = [self.table.agents[a].cost for a in self.table.active if a in led.agents]
             self.mean_cost = sum(known) / len(known) if known else 0.0
         old = self.window_size(self.window)
         window = self.policy.next_window(self.window, s)
         if window < self.window:  # a cut: let every active agent come back once before the next
-            self.settle_until_turns = led.returning_turns + max(1, len(self.table._active))
+            self.settle_until_turns = led.returning_turns + max(1, len(self.table.active))
         self.window = window
         new = self.window_size(self.window)
         if new == old:
@@ -136,7 +136,7 @@ class ConcurController:
             "active_agents": c.active,
             "paused_agents": c.paused,
             "waiting_agents": c.waiting,
-            "held_requests": self.held_requests,
+            "held_requests": len(self.held),
             "evicted_tokens": self.ledger.evicted_tokens,
             "recomputed_tokens": self.ledger.recomputed_tokens,
             "window_changes": dict(self.window_changes),

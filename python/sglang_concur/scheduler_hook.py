@@ -29,7 +29,7 @@ class SchedulerGate:
         self.scheduler = scheduler
         self.clock = _make_clock(scheduler)
         self.controller = ConcurController.create(config, self.clock(), scheduler.max_total_num_tokens)
-        self.metrics = _make_metrics(scheduler, config)
+        self.metrics = _make_metrics(scheduler)
         self.inflight: Dict[str, int] = {}  # requests in flight per agent: +1 at admission, -1 at release
         self._original_prefill = scheduler.get_new_batch_prefill
         scheduler.get_new_batch_prefill = self.get_new_batch_prefill
@@ -62,8 +62,7 @@ class SchedulerGate:
                     eligible = []
                     for r in queue:
                         (held if r.routing_key is not None and r.routing_key not in active else eligible).append(r)
-        ctl.held_requests = len(held)
-        ctl.held_agents = len({r.routing_key for r in held}) if held else 0
+        ctl.held = held  # counted at the control step, not here
         if not held:
             plan = self._original_prefill(running_batch)
         else:  # hide the held requests from this one pass; they keep their place ahead of later arrivals
@@ -206,7 +205,7 @@ class _Metrics:
         self.active.labels(**lab).set(c.active)
         self.paused.labels(**lab).set(c.paused)
         self.waiting.labels(**lab).set(c.waiting)
-        self.held.labels(**lab).set(ctl.held_requests)
+        self.held.labels(**lab).set(len(ctl.held))
         sig = ctl.last_signals
         self.kv_usage.labels(**lab).set(sig.kv_usage)
         if sig.hit_rate is not None:
@@ -219,7 +218,7 @@ class _Metrics:
             self.changes.labels(**lab, direction="up" if changed[1] > changed[0] else "down").inc()
 
 
-def _make_metrics(scheduler: Any, config: ConcurConfig) -> Optional[_Metrics]:
+def _make_metrics(scheduler: Any) -> Optional[_Metrics]:
     collector = getattr(scheduler, "metrics_collector", None)
     if collector is None:
         return None
