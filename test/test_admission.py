@@ -111,3 +111,18 @@ def test_pause_key_picks_most_pressure_for_least_lost_work():
     t.update(1000, ["a", "b", "c"], {}, 0.0, cost=sizes.__getitem__)
     t.update(500, ["a", "b", "c"], {}, 1.0, cost=sizes.__getitem__, pause_key=lambda a: a.cost)
     assert states(t) == {"a": "active", "b": "paused", "c": "active"} and t.used == 500
+
+
+def test_token_costs_backfill_past_a_large_head_for_a_bounded_time():
+    sizes = {"big0": 6000.0, "big1": 6000.0, "s1": 1000.0, "s2": 1000.0, "s3": 1000.0}
+    t = AdmissionTable(idle_timeout=60, backfill_wait=30)
+    assert t.update(8000, ["big0"], {}, 0.0, cost=sizes.get) == {"big0"}
+    # big1 is next in line but does not fit beside big0: the small agents behind it may run
+    assert t.update(8000, ["big1", "s1", "s2"], {"big0": 1}, 1.0, cost=sizes.get) == {"big0", "s1", "s2"}
+    assert states(t)["big1"] == "waiting" and t.agents["big1"].blocked_since == 1.0
+    t.end("s1")
+    # after waiting backfill_wait, big1 is no longer overtaken: the room freed is kept for it
+    assert t.update(8000, ["big1", "s3"], {"big0": 1, "s2": 1}, 40.0, cost=sizes.get) == {"big0", "s2"}
+    t.end("big0")
+    assert t.update(8000, ["big1", "s3"], {"s2": 1}, 41.0, cost=sizes.get) == {"big1", "s2", "s3"}
+    assert t.agents["big1"].blocked_since is None

@@ -57,5 +57,6 @@ def test_native_budget_shrinks_on_recompute_grows_when_agents_held_and_is_bounde
     assert n.next_window(7_000, sig(0.02, held=3)) == 7_500            # healthy and agents held: grow
     assert n.next_window(7_000, sig(None, held=3)) == 7_500            # no returning turns yet
     assert n.next_window(7_000, sig(0.0, held=0)) == 7_000             # nobody waits: no reason to grow
+    assert n.next_window(7_000, sig(0.0, held=3, settling=True)) == 7_000  # settling after a cut: no growth
     assert n.next_window(3_000, sig(0.9)) == 2_500                     # floor: capacity / 4
-    assert n.next_window(19_900, sig(0.0, held=1)) == 20_000           # ceiling: 2 x capacity
+    assert n.next_window(9_900, sig(0.0, held=1)) == 10_000            # ceiling: the capacity

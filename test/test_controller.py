@@ -45,3 +45,36 @@ def test_recompute_of_a_resumed_agent_is_not_congestion():
     c.turn_admitted("a", 200, 0)  # its history was evicted while paused: 150 recomputed
     assert c.ledger.recomputed_tokens == 150 and c.ledger.admitted_recomputed == 0
     assert c.control_step(1.0, kv_usage=0.5, busy={"a"}) is None and c.last_signals.recompute_ratio is None
+
+
+def native_with_agents(n_agents: int, context: int, capacity: int = 10_000) -> ConcurController:
+    """A native controller whose agents each hold `context` private tokens after two turns."""
+    c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="native"), now=0.0, capacity=capacity)
+    ids = [f"a{i}" for i in range(n_agents)]
+    c.admit(ids, {}, 0.0)
+    for a in ids:
+        c.turn_admitted(a, 100, 0)
+        c.ledger.turn_finished(a, context // 2)
+        c.turn_admitted(a, context // 2 + 10, context // 2)
+        c.ledger.turn_finished(a, context)
+    return c
+
+
+def test_native_mild_cut_stops_admission_without_pausing():
+    c = native_with_agents(3, 1000)
+    c.control_step(0.5, kv_usage=0.5, busy=set())  # the interval starts here
+    c.window = 10_000
+    c.ledger.turn_admitted("a0", 1100, 900)  # 100 of 1100 recomputed: 9% (> 5%, < 20%)
+    c.control_step(1.0, kv_usage=0.5, busy=set())
+    assert c.window < 10_000 and c.pause_to == float("inf")
+    assert c.admit(["a1", "a2", "new"], {}, 1.1) >= {"a1", "a2"}  # turn boundaries: nobody paused
+
+
+def test_native_pauses_when_predicted_to_need_twice_the_budget():
+    c = native_with_agents(6, 4000, capacity=10_000)  # priced far beyond the 5000-token budget
+    c.control_step(1.0, kv_usage=0.5, busy=set())
+    assert c.table.used > 2 * c.window and c.pause_to == c.window
+    active = c.admit([f"a{i}" for i in range(6)], {}, 1.1)  # all at a turn boundary
+    counts = c.table.counts()
+    assert c.table.used <= c.window and counts.active == len(active) == 1
+    assert counts.paused == 3 and counts.waiting == 2  # four had been admitted at the prior price

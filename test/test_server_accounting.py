@@ -4,6 +4,7 @@ agent A's history is evicted by agent B's growth; A's next turn recomputes exact
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 import requests
@@ -25,6 +26,13 @@ def metric(url: str, name: str) -> float:
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + "{"))
 
 
+def measured(url: str) -> dict:
+    """Status after a control step that follows everything sent so far (footprints are read there)."""
+    status(url)
+    time.sleep(0.3)
+    return status(url)
+
+
 def test_evicted_history_is_recomputed_exactly(url):
     rng = random.Random(0)
     obs = lambda n: [rng.randrange(10, 500) for _ in range(n)]  # noqa: E731
@@ -40,13 +48,19 @@ def test_evicted_history_is_recomputed_exactly(url):
     assert a["recomputed_tokens"] == 0 and a["turns"] == 2
     context2 = len(p2) + len(r2["output_ids"]) - 1
     assert a["context_cached"] == context2
+    # the device owner map holds A's whole context (no other agent shares it)
+    assert measured(url)["agents"]["A"]["kv_tokens"] == context2
     evicted_before = status(url)["evicted_tokens"]
     # B's growth needs nearly the whole 1024-token pool: A's cached history is evicted
-    assert generate(url, obs(990), 8, agent="B").ok
+    rb = generate(url, obs(990), 8, agent="B").json()
+    m = measured(url)
+    assert m["agents"]["B"]["kv_tokens"] == 990 + len(rb["output_ids"]) - 1
     p3 = p2 + r2["output_ids"] + obs(20)
     r3 = generate(url, p3, 8, agent="A").json()
     lost = context2 - r3["meta_info"]["cached_tokens"]
     assert lost > 0
+    # what the owner map said A still had is exactly what A's next turn found in the cache
+    assert m["agents"]["A"]["kv_tokens"] == r3["meta_info"]["cached_tokens"]
     s = status(url)
     assert s["agents"]["A"]["recomputed_tokens"] == lost and s["recomputed_tokens"] == lost
     assert s["evicted_tokens"] - evicted_before >= lost
@@ -59,3 +73,18 @@ def test_ledger_forgets_ended_agents(url):
     assert generate(url, [1, 2, 3], 2, agent="C").ok
     assert requests.post(url + "/concur/agents/C/end", timeout=30).json()["ended"] is True
     assert "C" not in status(url)["agents"]
+
+
+def test_shared_prefix_is_counted_once(url):
+    rng = random.Random(1)
+    prefix = [rng.randrange(10, 500) for _ in range(60)]
+    d = generate(url, prefix + [rng.randrange(10, 500) for _ in range(30)], 4, agent="D").json()
+    before = measured(url)
+    ctx_d = 90 + len(d["output_ids"]) - 1
+    assert before["agents"]["D"]["kv_tokens"] == ctx_d
+    e = generate(url, prefix + [rng.randrange(10, 500) for _ in range(40)], 4, agent="E").json()
+    assert e["meta_info"]["cached_tokens"] == 60
+    after = measured(url)
+    assert after["kv_tokens_shared"] - before["kv_tokens_shared"] == 60
+    assert after["agents"]["D"]["kv_tokens"] == ctx_d - 60
+    assert after["agents"]["E"]["kv_tokens"] == 40 + len(e["output_ids"]) - 1

@@ -130,3 +130,11 @@ def test_cli_generate_trace(tmp_path, capsys):
     agents = load_trace(path)
     assert len(agents) == 5 and all(a.context_tokens() <= 1000 for a in agents)
     assert "wrote 5 agents" in capsys.readouterr().out
+
+
+def test_sweep_rejects_unknown_run_names_before_doing_anything(tmp_path):
+    from sglang_concur.bench.__main__ import main
+
+    with pytest.raises(SystemExit, match=r"--runs: unknown run\(s\) \['concur-fast'\].*concur-native"):
+        main(["sweep", "--preset", "cpu", "--runs", "sglang-cap4,concur-fast", "--out", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []

@@ -10,7 +10,7 @@ next prompt (when a client rewrites history, the count is bounded by the new pro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 
 @dataclass(slots=True)
@@ -20,6 +20,7 @@ class AgentLedger:
     turns: int = 0
     shared: int = 0  # prefix matched on its first turn: shared with other agents (a system prompt)
     first_context: int = 0  # context kept at the end of its first turn
+    prompt: int = 0  # prompt tokens of its latest admitted turn (its size while that turn runs)
 
     def growth(self) -> Optional[float]:
         """Mean context growth per turn so far (None before two finished turns)."""
@@ -37,6 +38,9 @@ class RecomputeLedger:
     # is congestion among admitted agents (a resumed agent's recompute is the price of its pause)
     admitted_recomputed: int = 0
     admitted_prompt_tokens: int = 0
+    lifetimes: List[int] = field(default_factory=list)  # turns of the latest ended agents (at most 256)
+    growths: List[float] = field(default_factory=list)  # their mean context growth per turn
+    finals: List[int] = field(default_factory=list)  # their private context at the end
 
     def evicted(self, n: int) -> None:
         self.evicted_tokens += n
@@ -51,6 +55,7 @@ class RecomputeLedger:
         """Returns the turn's recomputed tokens.  `resumed`: the agent was paused since its last turn."""
         a = self.agents.setdefault(agent, AgentLedger())
         a.turns += 1
+        a.prompt = prompt_len
         if a.turns == 1:
             a.shared = matched
             return 0
@@ -65,17 +70,75 @@ class RecomputeLedger:
         return lost
 
     def forget(self, agent: str) -> None:
-        self.agents.pop(agent, None)
+        """The agent ended: its ledger goes, its lifetime is kept for projections."""
+        a = self.agents.pop(agent, None)
+        if a is not None and a.turns:
+            self.lifetimes.append(a.turns)
+            del self.lifetimes[:-256]
+            if (g := a.growth()) is not None:
+                self.growths.append(g)
+                del self.growths[:-256]
+            self.finals.append(max(0, a.context_cached - a.shared))
+            del self.finals[:-256]
+
+    def ceiling(self) -> float:
+        """The largest private context an ended agent reached (inf before three have ended)."""
+        return float(max(self.finals)) if len(self.finals) >= 3 else float("inf")
+
+    def typical_growth(self) -> float:
+        """Median context growth per turn over live and ended agents (0 before any has two turns):
+        the median, so that a few very large agents do not make every new agent look large."""
+        gs = sorted([g for a in self.agents.values() if (g := a.growth()) is not None] + self.growths)
+        return gs[len(gs) // 2] if gs else 0.0
 
 
-def footprint(ledger: RecomputeLedger, agent: str, pending_prompt: int, default_growth: float) -> float:
-    """Predicted KV tokens the agent will hold: its private context (the shared prefix is counted
-    once, outside) grown at its own mean rate (else `default_growth`) for as many more turns as it
-    has done (agent lifetimes are heavy-tailed: the expected remaining life grows with age).
-    An agent not seen yet is priced by its queued prompt and one turn of growth."""
+def remaining_turns(lifetimes: Sequence[int], ages: Sequence[int], horizon: int) -> List[float]:
+    """Expected turns still to come, E[T - t | T >= t], for an agent that has done t turns, t in
+    [0, horizon].  Kaplan-Meier over the ended agents' lifetimes T, with the live agents' ages as
+    censored observations (T >= age): early enders alone would make lives look short.  Beyond the
+    oldest age seen, K, the survivors are given K more turns (heavy tails: the expected remaining
+    life grows with age), which is also the whole estimate before any agent has ended."""
+    k_max = max(1, horizon, *lifetimes, *ages)
+    ended = [0] * (k_max + 2)
+    at_risk = [0] * (k_max + 2)  # agents observed with T >= k, accumulated below
+    for n in lifetimes:
+        ended[n] += 1
+        at_risk[n] += 1
+    for a in ages:
+        at_risk[a] += 1
+    for k in range(k_max, -1, -1):
+        at_risk[k] += at_risk[k + 1]
+    surv = [1.0] * (k_max + 1)  # surv[k] = P(T > k)
+    p = 1.0
+    for k in range(1, k_max + 1):
+        if at_risk[k]:
+            p *= 1 - ended[k] / at_risk[k]
+        surv[k] = p
+    tail = [0.0] * (k_max + 2)  # tail[k] = sum of surv[k..k_max-1] + surv[k_max] * k_max
+    tail[k_max] = surv[k_max] * k_max
+    for k in range(k_max - 1, -1, -1):
+        tail[k] = tail[k + 1] + surv[k]
+    out = []
+    for t in range(horizon + 1):
+        alive = surv[t - 1] if t >= 1 else 1.0  # P(T >= t)
+        out.append(max(1.0, tail[t] / alive) if alive > 0 else 1.0)
+    return out
+
+
+def footprint(ledger: RecomputeLedger, agent: str, pending_prompt: int, default_growth: float,
+              remaining: Sequence[float] = (), ceiling: float = float("inf")) -> float:
+    """Predicted KV tokens the agent will hold at its end: its private context (the shared prefix
+    is counted once, outside) grown at its own mean rate (else `default_growth`) for its expected
+    remaining turns (`remaining[turns]`, else as many as it has done), but not past `ceiling` (the
+    largest context an ended agent reached) unless it is already there (then one more turn).  An
+    agent not seen yet is priced by its queued prompt and the mean growth over a whole expected life."""
     a = ledger.agents.get(agent)
     if a is None or a.turns == 0:
-        return max(1.0, pending_prompt + default_growth)
-    g = a.growth()
-    base = max(a.context_cached, pending_prompt) - a.shared
-    return max(1.0, base + (default_growth if g is None else g) * max(1, a.turns))
+        return max(1.0, pending_prompt + default_growth * (remaining[0] if remaining else 1))
+    g = default_growth if a.growth() is None else a.growth()
+    base = max(a.context_cached, a.prompt, pending_prompt) - a.shared
+    more = remaining[a.turns] if a.turns < len(remaining) else max(1, a.turns)
+    projected = base + g * more
+    if projected > ceiling:  # no agent has been seen to grow that far: at most the ceiling, at least one more turn
+        projected = max(ceiling, base + g)
+    return max(1.0, projected)

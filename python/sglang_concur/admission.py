@@ -7,8 +7,9 @@ agents (cost 1 each) or, with a `cost` function, their predicted KV footprints i
 the active agents exceed the window, an active agent whose next turn arrives with nothing of its
 own in flight (a turn boundary) is PAUSED: its requests wait, nothing running is touched; the
 candidates with the highest `pause_key` go first.  Room goes to paused agents first (in pause
-order), then to waiting agents (in arrival order, head of line: a large agent is not overtaken);
-one agent is always admitted when none is active.
+order), then to waiting agents (in arrival order).  With costs, an agent too large for the room
+left may be overtaken by later ones that fit (backfill), for at most `backfill_wait` seconds; then
+room is kept for it.  One agent is always admitted when none is active.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Agent:
     admissions: int = 0
     cost: float = 1.0  # window units it holds while ACTIVE (its cost when admitted or last refreshed)
     resumed: bool = False  # admitted again after a pause: its next turn may recompute what the pause cost
+    blocked_since: Optional[float] = None  # first time it was next in line and did not fit
 
 
 Cost = Callable[[str], float]
@@ -49,16 +51,20 @@ class Counts:
 @dataclass(slots=True)
 class AdmissionTable:
     idle_timeout: float
+    backfill_wait: float = 30.0  # seconds a blocked head of line may be overtaken by smaller agents
     agents: Dict[str, Agent] = field(default_factory=dict)
     _seq: "itertools.count[int]" = field(default_factory=itertools.count)
     _active: Set[str] = field(default_factory=set)
     used: float = 0.0  # window units held by the active agents
 
     def update(self, window: float, wanting: Iterable[str], inflight: Mapping[str, int], now: float,
-               cost: Optional[Cost] = None, pause_key: Optional[Callable[[Agent], float]] = None) -> Set[str]:
+               cost: Optional[Cost] = None, pause_key: Optional[Callable[[Agent], float]] = None,
+               pause_to: Optional[float] = None) -> Set[str]:
         """One gate decision.  `wanting`: agents with queued requests, in queue order; `inflight`:
-        requests in flight per agent.  Returns the ids of the ACTIVE agents (whose requests may run).
-        Cost: O(len(wanting)); agents with nothing queued are not looked at."""
+        requests in flight per agent.  Agents are paused while the active ones hold more than
+        `pause_to` (default: the window; `inf`: never pause).  Returns the ids of the ACTIVE agents
+        (whose requests may run).  Cost: O(len(wanting)); agents with nothing queued are not looked at."""
+        pause_to = window if pause_to is None else pause_to
         agents = self.agents
         claims: List[Agent] = []
         boundary: List[Agent] = []
@@ -71,18 +77,31 @@ class AdmissionTable:
                 claims.append(a)
             elif not inflight.get(aid):
                 boundary.append(a)
-        if boundary and self.used > window:  # the window shrank: pause at turn boundaries
+        if boundary and self.used > pause_to:  # the window shrank: pause at turn boundaries
             boundary.sort(key=pause_key or (lambda a: -a.seq), reverse=pause_key is not None)
             for a in boundary:
-                if self.used <= window:
+                if self.used <= pause_to:
                     break
                 self._set(a, AgentState.PAUSED)
         if claims and self.used < window:
             claims.sort(key=lambda a: (a.state is not AgentState.PAUSED, a.seq))
+            head: Optional[Agent] = None
             for a in claims:
+                if self.used >= window:
+                    break
                 c = 1.0 if cost is None else cost(a.agent_id)
                 if self._active and self.used + c > window:
-                    break
+                    if cost is None:
+                        break  # agent slots: every claim costs the same
+                    if head is not None:
+                        continue
+                    head = a  # next in line and too large for the room left: smaller ones may backfill
+                    if a.blocked_since is None:
+                        a.blocked_since = now
+                    if now - a.blocked_since > self.backfill_wait:
+                        break  # ...until it has waited long enough: then room is kept for it
+                    continue
+                a.blocked_since = None
                 a.cost = c
                 a.resumed = a.state is AgentState.PAUSED
                 self._set(a, AgentState.ACTIVE)
@@ -110,6 +129,14 @@ class AdmissionTable:
             elif a.state is not AgentState.ACTIVE:
                 self._set(a, AgentState.ACTIVE)
             a.last_seen = now
+
+    def touch(self, queued: Iterable[str], now: float) -> None:
+        """Agents with requests queued are not idle."""
+        agents = self.agents
+        for aid in queued:
+            a = agents.get(aid)
+            if a is not None:
+                a.last_seen = now
 
     def expire(self, now: float) -> List[str]:
         """End the agents idle for longer than `idle_timeout`; returns their ids."""

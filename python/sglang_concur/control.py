@@ -14,12 +14,14 @@ the prefix-cache hit rate of the tokens prefilled in the interval.  W stays in [
 predicted footprints of the active agents must fit in it), starting at the KV pool's capacity:
 
     B <- B * beta                      if R > R_max and not settling  (returning agents recompute history)
-    B <- B + step * capacity           if agents are held and R <= R_max / 2
+    B <- B + step * capacity           if agents are held, R <= R_max / 2 and not settling
     B <- B                             otherwise
 
 Recompute lags a cut (agents whose history was already evicted still come back to recompute it),
-so after a cut the budget settles until as many turns have returned as there were active agents.
-The budget starts at half the capacity and moves within [capacity / 4, 2 x capacity].
+so after a cut the budget settles (neither cut again nor grown) until as many turns have returned
+as there were active agents.
+The budget starts at half the capacity and moves within [capacity / 4, capacity]: footprints are
+projected to each agent's end, so a budget of the whole pool is already an upper bound.
 
 R is the share of the returning turns' prompt tokens that were history evicted since the agent's
 last turn (recomputed), R_max a dimensionless share; every bound is a multiple of the capacity
@@ -105,7 +107,7 @@ class NativeParams:
     step: float = 0.05  # additive increase, as a share of capacity
     initial_share: float = 0.5  # budget bounds and start, as shares of capacity
     min_share: float = 0.25
-    max_share: float = 2.0
+    max_share: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,7 @@ class NativePolicy:
         if r is not None and r > p.recompute_threshold:
             if not s.settling:
                 window *= p.beta
-        elif s.held_agents > 0 and (r is None or r <= p.recompute_threshold / 2):
+        elif s.held_agents > 0 and not s.settling and (r is None or r <= p.recompute_threshold / 2):
             window += p.step * self.capacity
         return min(max(window, p.min_share * self.capacity), p.max_share * self.capacity)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
-from sglang_concur.accounting import RecomputeLedger, footprint
+from sglang_concur.accounting import RecomputeLedger, footprint, remaining_turns
 from sglang_concur.admission import Agent, AdmissionTable
 from sglang_concur.config import ConcurConfig
 from sglang_concur.control import NativePolicy, Policy, Signals, slots
@@ -37,10 +37,15 @@ class ConcurController:
     last_signals: Optional[Signals] = None
     held: List[Any] = field(default_factory=list)  # requests the last gate decision held back
     ledger: RecomputeLedger = field(default_factory=RecomputeLedger)
-    default_growth: float = 0.0  # mean per-turn context growth over agents (native pricing)
+    default_growth: float = 0.0  # median per-turn context growth over agents (prices agents not measured yet)
     pending_prompt: Dict[str, int] = field(default_factory=dict)  # first queued prompt per agent
-    mean_cost: float = 0.0  # mean footprint of active agents past their first turn (prices new agents)
     settle_until_turns: int = 0  # ledger.returning_turns at which the last cut has been seen
+    pause_to: float = float("inf")  # native: pause agents only down to the last cut, not as footprints grow
+    remaining: List[float] = field(default_factory=list)  # expected remaining turns by turns done
+    ceiling: float = float("inf")  # largest private context an ended agent reached
+    typical: float = 0.0  # median predicted footprint over the agents seen
+    resident: Dict[str, int] = field(default_factory=dict)  # KV slots per agent, measured on the device
+    resident_shared: int = 0  # KV slots shared by several agents (counted once)
 
     @classmethod
     def create(cls, config: ConcurConfig, now: float, capacity: float) -> "ConcurController":
@@ -57,20 +62,38 @@ class ConcurController:
     def admit(self, wanting: Iterable[str], inflight: Mapping[str, int], now: float) -> Set[str]:
         if not self.budgets_tokens:
             return self.table.update(slots(self.window), wanting, inflight, now)
-        return self.table.update(self.window, wanting, inflight, now, cost=self.cost, pause_key=self.pause_key)
+        return self.table.update(self.window, wanting, inflight, now, cost=self.cost, pause_key=self.pause_key,
+                                 pause_to=self.pause_to)
+
+    def may_pause(self) -> bool:
+        """Whether a gate decision could pause an agent now (the active ones hold more than allowed)."""
+        limit = self.pause_to if self.budgets_tokens else slots(self.window)
+        return self.table.used > limit
 
     def cost(self, agent: str) -> float:
-        """Predicted footprint.  An agent not seen yet is charged at least the mean of the measured
-        ones, and before any is measured, an eighth of the capacity (a prior, replaced by data)."""
-        c = footprint(self.ledger, agent, self.pending_prompt.get(agent, 0), self.default_growth)
-        if agent in self.ledger.agents:
-            return c
-        return max(c, self.mean_cost or self.policy.capacity / 8)
+        """Predicted footprint (accounting.footprint).  Until the projection rests on data (three
+        ended agents' lifetimes and a measured growth rate), every agent is charged at least an
+        eighth of the capacity: a prior, replaced by data."""
+        c = footprint(self.ledger, agent, self.pending_prompt.get(agent, 0), self.default_growth, self.remaining,
+                      self.ceiling)
+        cap = self.policy.capacity - min(self.typical, self.policy.capacity / 2)  # room for a typical agent beside
+        if self.lifetimes_known and self.default_growth > 0:
+            return min(c, cap)
+        return min(max(c, self.policy.capacity / 8), cap)
+
+    @property
+    def lifetimes_known(self) -> bool:
+        """Projections rest on ended agents' lifetimes (else on the age-doubling prior)."""
+        return len(self.ledger.lifetimes) >= 3
 
     def pause_key(self, a: Agent) -> float:
-        """Pause first the agent whose pause frees the most tokens for the least work done so far."""
-        led = self.ledger.agents.get(a.agent_id)
-        return a.cost / (1 + (led.turns if led else 0))
+        """Pause first the agent whose pause frees the most tokens (its predicted footprint) for the
+        least lost work (the history it has cached, which a pause lets the cache evict)."""
+        held = self.resident.get(a.agent_id)
+        if held is None:
+            led = self.ledger.agents.get(a.agent_id)
+            held = max(0, led.context_cached - led.shared) if led else 0
+        return a.cost / (1 + held)
 
     def turn_admitted(self, agent: str, prompt_len: int, matched: int) -> None:
         """A turn of `agent` entered a prefill batch."""
@@ -82,10 +105,13 @@ class ConcurController:
         self.ledger.turn_admitted(agent, prompt_len, matched, resumed)
 
     # --- the control step (every control interval) -----------------------------------------
-    def control_step(self, now: float, kv_usage: float, busy: Set[str]) -> Optional[Tuple[float, float]]:
-        """Advance the window; returns (old, new) when the admitted amount changed."""
+    def control_step(self, now: float, kv_usage: float, busy: Set[str],
+                     queued: Iterable[str] = ()) -> Optional[Tuple[float, float]]:
+        """Advance the window; returns (old, new) when the admitted amount changed.  `busy`: agents
+        with requests in flight; `queued`: agents with requests queued (neither is idle)."""
         self.next_control = now + self.config.concur_control_interval
         self.table.sync(busy, now)
+        self.table.touch(queued, now)
         for aid in self.table.expire(now):
             self.ledger.forget(aid)
             self.pending_prompt.pop(aid, None)
@@ -98,15 +124,23 @@ class ConcurController:
         self.last_signals = s
         self.interval = IntervalStats(recomputed=led.admitted_recomputed, returning=led.admitted_prompt_tokens)
         if self.budgets_tokens:
-            growths = [g for a in led.agents.values() if (g := a.growth()) is not None]
-            self.default_growth = sum(growths) / len(growths) if growths else 0.0
+            self.default_growth = led.typical_growth()
+            ages = [a.turns for a in led.agents.values() if a.turns]
+            self.remaining = remaining_turns(led.lifetimes, ages, max(ages, default=0) + 1)
+            self.ceiling = led.ceiling()
+            prints = sorted(footprint(led, a, 0, self.default_growth, self.remaining, self.ceiling) for a in led.agents)
+            self.typical = prints[len(prints) // 2] if prints else 0.0
             self.table.refresh(self.cost)
-            known = [self.table.agents[a].cost for a in self.table.active if a in led.agents]
-            self.mean_cost = sum(known) / len(known) if known else 0.0
         old = self.window_size(self.window)
         window = self.policy.next_window(self.window, s)
         if window < self.window:  # a cut: let every active agent come back once before the next
             self.settle_until_turns = led.returning_turns + max(1, len(self.table.active))
+            if self.budgets_tokens and s.recompute_ratio is not None and s.recompute_ratio > 4 * self.policy.params.recompute_threshold:
+                self.pause_to = window  # severe: pause down to the budget; a mild cut only stops admission
+        if self.budgets_tokens and self.table.used > 2 * window:  # predicted to need twice the budget:
+            self.pause_to = window  # pause now, while the histories a pause throws away are short
+        elif window > self.window or self.table.used <= self.pause_to:  # the cut is done with
+            self.pause_to = float("inf")
         self.window = window
         new = self.window_size(self.window)
         if new == old:
@@ -137,6 +171,9 @@ class ConcurController:
             "paused_agents": c.paused,
             "waiting_agents": c.waiting,
             "held_requests": len(self.held),
+            "kv_tokens_active": sum(self.resident.get(a, 0) for a in self.table.active),
+            "kv_tokens_inactive": sum(self.resident.values()) - sum(self.resident.get(a, 0) for a in self.table.active),
+            "kv_tokens_shared": self.resident_shared,
             "evicted_tokens": self.ledger.evicted_tokens,
             "recomputed_tokens": self.ledger.recomputed_tokens,
             "window_changes": dict(self.window_changes),
@@ -150,6 +187,6 @@ class ConcurController:
     def _agent_status(self, a: Agent) -> Dict[str, Any]:
         led = self.ledger.agents.get(a.agent_id)
         return {"state": a.state.value, "admissions": a.admissions, "last_seen": a.last_seen,
-                "cost": a.cost, "turns": led.turns if led else 0,
+                "cost": a.cost, "turns": led.turns if led else 0, "kv_tokens": self.resident.get(a.agent_id, 0),
                 "recomputed_tokens": led.recomputed if led else 0,
                 "context_cached": led.context_cached if led else 0}

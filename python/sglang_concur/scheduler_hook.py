@@ -4,6 +4,9 @@ Hook points (all installed per instance, only when --concur-enable):
 - `Scheduler.get_new_batch_prefill`: the gate.  Requests of agents that are not active stay in
   `waiting_queue` (so SGLang's queue metrics, limits and aborts still see them) but are hidden from
   this one prefill pass.  Running requests are never touched.
+- `tree_cache.on_release`, `tree_cache.update_eviction_metrics`: the recompute ledger;
+- `tree_cache.checkpoint` and the KV allocator's `free`/`clear`: the device owner map
+  (`owner_map.SlotOwnerMap`), read once per control step for per-agent KV footprints;
 - the request dispatcher: `ConcurControlReq` (status, end agent).
 Every decision reads only state that is identical on every TP rank (waiting queue, running batch,
 KV pool counts) and a clock broadcast from TP rank 0.
@@ -13,13 +16,18 @@ from __future__ import annotations
 
 import logging
 import time
+from itertools import compress
+from operator import attrgetter, not_
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from sglang_concur.config import ConcurConfig
 from sglang_concur.controller import ConcurController
 from sglang_concur.ipc import ConcurControlReq, ConcurControlReqOutput
+from sglang_concur.owner_map import SlotOwnerMap
 
 logger = logging.getLogger("sglang_concur")
+_ROUTING_KEY = attrgetter("routing_key")
+_NO_AGENT = frozenset([None])
 
 
 class SchedulerGate:
@@ -31,11 +39,19 @@ class SchedulerGate:
         self.controller = ConcurController.create(config, self.clock(), scheduler.max_total_num_tokens)
         self.metrics = _make_metrics(scheduler)
         self.inflight: Dict[str, int] = {}  # requests in flight per agent: +1 at admission, -1 at release
+        self._epoch = 0  # bumped by every event that can change an admission decision
+        self._decided_epoch = -1
+        self._wanting: Dict[str, None] = {}
+        self._allowed: Set[Optional[str]] = set(_NO_AGENT)  # active agents, and None (requests without an agent)
+        self._memo: Optional[tuple] = None  # (queue list, its length, its tail, held at its head, epoch) after a step
         self._original_prefill = scheduler.get_new_batch_prefill
         scheduler.get_new_batch_prefill = self.get_new_batch_prefill
         tree = scheduler.tree_cache
         self._original_on_release, tree.on_release = tree.on_release, self.on_release
         self._original_eviction, tree.update_eviction_metrics = tree.update_eviction_metrics, self.update_eviction_metrics
+        self.owners = SlotOwnerMap.for_scheduler(scheduler)
+        if self.owners is not None:
+            self._original_checkpoint, tree.checkpoint = tree.checkpoint, self.checkpoint
         from sglang.utils import TypeBasedDispatcher
 
         scheduler._request_dispatcher += TypeBasedDispatcher([(ConcurControlReq, self.handle_control)])
@@ -43,25 +59,35 @@ class SchedulerGate:
 
     # --- hook: Scheduler.get_new_batch_prefill -------------------------------------------
     def get_new_batch_prefill(self, running_batch):
+        """Cost per step: when the queue is the one left by the last step (or only grew by
+        requests of active agents) and no event happened since, the last split is reused: O(new
+        requests).  Otherwise a few C-level passes over the queue (routing keys, set tests), and
+        the admission decision itself (Python, O(queued agents)) reruns only when its inputs
+        changed: the set of queued agents, or an event (admission, release, control step, end)."""
         s, ctl = self.scheduler, self.controller
         now = self.clock()
-        if now >= ctl.next_control:
-            self._control_step(now, self._busy(running_batch))
         queue = s.waiting_queue
+        if now >= ctl.next_control:
+            self._control_step(now, self._busy(running_batch), queue)
         held: List[Any] = []
+        eligible = queue
         if queue:
-            wanting = dict.fromkeys(r.routing_key for r in queue if r.routing_key is not None)
-            if wanting:
-                if ctl.budgets_tokens:  # price new agents by their queued prompt
-                    pending = ctl.pending_prompt
-                    for r in queue:
-                        if r.routing_key is not None and r.routing_key not in pending:
-                            pending[r.routing_key] = len(r.origin_input_ids)
-                active = ctl.admit(wanting, self.inflight, now)
-                if not active.issuperset(wanting):
-                    eligible = []
-                    for r in queue:
-                        (held if r.routing_key is not None and r.routing_key not in active else eligible).append(r)
+            n_held = self._unchanged_split(queue)
+            if n_held is not None:
+                if n_held:
+                    held, eligible = queue[:n_held], queue[n_held:]
+            else:
+                keys = list(map(_ROUTING_KEY, queue))
+                wanting = dict.fromkeys(keys)
+                wanting.pop(None, None)
+                if wanting:
+                    if self._epoch != self._decided_epoch or wanting.keys() != self._wanting.keys():
+                        self._decide(queue, wanting, now)
+                    allowed = self._allowed
+                    if not allowed.issuperset(wanting):
+                        mask = list(map(allowed.__contains__, keys))
+                        eligible = list(compress(queue, mask))
+                        held = list(compress(queue, map(not_, mask)))
         ctl.held = held  # counted at the control step, not here
         if not held:
             plan = self._original_prefill(running_batch)
@@ -71,11 +97,15 @@ class SchedulerGate:
                 plan = self._original_prefill(running_batch)
             finally:
                 s.waiting_queue = held + s.waiting_queue
+        q = s.waiting_queue
+        self._memo = (q, len(q), q[-1] if q else None, len(held), self._epoch)
         batch = plan.batch_to_run
         stats = getattr(batch, "prefill_stats", None) if batch is not None else None
         if stats is not None:
             ctl.interval.hit_tokens += stats.log_hit_tokens
             ctl.interval.input_tokens += stats.log_input_tokens
+            if self.owners is not None:
+                self.owners.admitted(batch.reqs)
             inflight = self.inflight
             for r in batch.reqs:
                 key = r.routing_key
@@ -83,12 +113,44 @@ class SchedulerGate:
                     continue
                 r._concur_inflight = True
                 inflight[key] = inflight.get(key, 0) + 1
+                self._epoch += 1
                 if not getattr(r, "_concur_admitted", False):  # retracted requests come back: count once
                     r._concur_admitted = True
                     ctl.turn_admitted(key, len(r.origin_input_ids), r.prefix_len)
         elif held and batch is None and running_batch.is_empty():
             self._nap()
         return plan
+
+    def _unchanged_split(self, queue: List[Any]) -> Optional[int]:
+        """Held requests at the head of `queue` when the last split still holds, else None.  SGLang
+        appends arrivals at the end and removes requests anywhere (which changes the length or the
+        tail), or replaces the list; our own split puts held requests first."""
+        memo = self._memo
+        if memo is None or queue is not memo[0] or self._epoch != memo[4]:
+            return None
+        n, tail = memo[1], memo[2]
+        if len(queue) < n or (n and queue[n - 1] is not tail):
+            return None
+        if len(queue) > n:  # arrivals: fine when each is of an active agent (or none) and none may be paused
+            if self.controller.may_pause():
+                return None
+            allowed = self._allowed
+            for r in queue[n:]:
+                if r.routing_key is not None and r.routing_key not in allowed:
+                    return None
+        return memo[3]
+
+    def _decide(self, queue: List[Any], wanting: Dict[str, None], now: float) -> None:
+        """The admission decision for the queued agents `wanting` (in queue order)."""
+        ctl = self.controller
+        if ctl.budgets_tokens:  # price new agents by their queued prompt
+            pending = ctl.pending_prompt
+            for r in queue:
+                if r.routing_key is not None and r.routing_key not in pending:
+                    pending[r.routing_key] = len(r.origin_input_ids)
+        self._allowed = ctl.admit(wanting, self.inflight, now) | _NO_AGENT
+        self._wanting = wanting
+        self._decided_epoch = self._epoch
 
     def _busy(self, running_batch) -> Set[str]:
         """Exact agents in flight, from the running batch; also resyncs the event-kept counts."""
@@ -107,6 +169,7 @@ class SchedulerGate:
     def on_release(self, req, *, checkpointed: bool) -> None:
         if getattr(req, "_concur_inflight", False):
             req._concur_inflight = False
+            self._epoch += 1
             n = self.inflight.get(req.routing_key, 0) - 1
             if n > 0:
                 self.inflight[req.routing_key] = n
@@ -116,14 +179,26 @@ class SchedulerGate:
             self.controller.ledger.turn_finished(req.routing_key, req.owned_kv_len())
         return self._original_on_release(req, checkpointed=checkpointed)
 
+    def checkpoint(self, req, *, up_to: int, **kwargs):
+        self.owners.checkpointed(req, up_to)  # before the insert frees the duplicates
+        return self._original_checkpoint(req, up_to=up_to, **kwargs)
+
     def update_eviction_metrics(self, num_evicted: int, start_time: float) -> None:
         self.controller.ledger.evicted(num_evicted)
         return self._original_eviction(num_evicted, start_time)
 
-    def _control_step(self, now: float, busy: Set[str]) -> None:
+    def _control_step(self, now: float, busy: Set[str], queue: List[Any]) -> None:
         s, ctl = self.scheduler, self.controller
+        self._epoch += 1
         usage = s.pool_stats_observer.get_pool_stats().get_max_pool_usage()
-        changed = ctl.control_step(now, usage, busy)
+        queued = set(map(_ROUTING_KEY, queue))
+        queued.discard(None)
+        if self.owners is not None:
+            self.owners.retain(ctl.table.agents.keys())
+            measured = self.owners.read()
+            if measured is not None:
+                ctl.resident, ctl.resident_shared = measured
+        changed = ctl.control_step(now, usage, busy, queued)
         if changed is not None:
             c, sig = ctl.table.counts(), ctl.last_signals
             hit = "none" if sig.hit_rate is None else f"{sig.hit_rate:.3f}"
@@ -148,6 +223,7 @@ class SchedulerGate:
         ctl = self.controller
         if req.op == "end":
             ended = ctl.end(req.agent_id)
+            self._epoch += 1
             result = {"agent_id": req.agent_id, "ended": ended}
         elif req.op == "status":
             result = ctl.status()

@@ -172,17 +172,30 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 def cmd_sweep(a: argparse.Namespace) -> int:
     p = apply_overrides(PRESETS[a.preset], a)
+    only = None if a.runs is None else set(a.runs.split(","))
+    known = {"sglang", *(f"sglang-cap{c}" for c in p.sweep_agent_caps), *(f"sglang-mrr{m}" for m in p.sweep_max_running),
+             *(f"concur-{pol}" for pol in p.sweep_policies)}
+    if only is not None and not only <= known:
+        raise SystemExit(f"sglang_concur.bench: error: --runs: unknown run(s) {sorted(only - known)} for preset "
+                         f"{a.preset}; choose from {sorted(known)}")
     agents = build_trace(p, a.trace)
     out = run_dir(a.out)
     dump_trace(agents, os.path.join(out, "trace.jsonl"))
     prog = not a.no_progress
-    caps = [None, *p.sweep_agent_caps]
-    results = run_on_server(p, agents, "sglang", [], out, prog, agent_caps=caps)
+
+    def want(label: str) -> bool:
+        return only is None or label in only
+
+    caps = [c for c in (None, *p.sweep_agent_caps) if want("sglang" if c is None else f"sglang-cap{c}")]
+    results = run_on_server(p, agents, "sglang", [], out, prog, agent_caps=caps) if caps else []
     for m in p.sweep_max_running:
-        results += run_on_server(p, agents, f"sglang-mrr{m}", ["--max-running-requests", str(m)], out, prog)
+        if want(f"sglang-mrr{m}"):
+            results += run_on_server(p, agents, f"sglang-mrr{m}", ["--max-running-requests", str(m)], out, prog)
     base = [x for x in shlex.split(p.concur_args) if x != "--concur-policy" and x not in ("static", "aimd", "native")]
     for pol in p.sweep_policies:
-        results += run_on_server(p, agents, f"concur-{pol}", ["--concur-enable", "--concur-policy", pol, *base], out, prog)
+        if want(f"concur-{pol}"):
+            results += run_on_server(p, agents, f"concur-{pol}", ["--concur-enable", "--concur-policy", pol, *base],
+                                     out, prog)
     md = f"preset {a.preset}, model {p.model}, KV pool {p.max_total_tokens} tokens\n\n" + table(results) + "\n"
     print("\n" + md)
     with open(os.path.join(out, "sweep.md"), "w") as f:
@@ -320,6 +333,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--max-total-tokens", type=int)
     w.add_argument("--concur-args")
     w.add_argument("--server-args")
+    w.add_argument("--runs", help="comma-separated subset of the preset's runs, e.g. sglang-cap4,concur-native")
     w.add_argument("--out", default="benchmark/runs")
     w.add_argument("--no-progress", action="store_true")
     w.set_defaults(fn=cmd_sweep)
