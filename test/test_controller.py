@@ -11,7 +11,7 @@ def test_hit_rate_is_hits_over_all_prompt_tokens_like_sglang():
 
 
 def test_aimd_control_step_backs_off_on_thrash_and_reports_the_change():
-    c = ConcurController.create(ConcurConfig(concur_enable=True, concur_initial_window=8), now=0.0, capacity=1000)
+    c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="aimd", concur_initial_window=8), now=0.0, capacity=1000)
     c.interval.hit_tokens, c.interval.input_tokens = 10, 990  # hit rate 0.01
     assert c.control_step(1.0, kv_usage=0.9, busy=set()) == (8, 4)
     assert c.last_signals.hit_rate == 0.01 and c.window_changes == {"up": 0, "down": 1}

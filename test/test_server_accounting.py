@@ -88,3 +88,9 @@ def test_shared_prefix_is_counted_once(url):
     assert after["kv_tokens_shared"] - before["kv_tokens_shared"] == 60
     assert after["agents"]["D"]["kv_tokens"] == ctx_d - 60
     assert after["agents"]["E"]["kv_tokens"] == 40 + len(e["output_ids"]) - 1
+    # the same figures on /metrics (exported at each control step)
+    text = requests.get(url + "/metrics", timeout=30).text
+    kv = {k: sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                 if l.startswith("sglang:concur_kv_tokens{") and f'kind="{k}"' in l) for k in ("shared", "active", "inactive")}
+    assert kv["shared"] == after["kv_tokens_shared"]
+    assert kv["active"] + kv["inactive"] == sum(a["kv_tokens"] for a in after["agents"].values())

@@ -25,7 +25,7 @@ class ConcurConfigError(ValueError):
 @dataclass(frozen=True)
 class ConcurConfig:
     concur_enable: bool = False
-    concur_policy: str = "aimd"
+    concur_policy: str = "native"
     concur_initial_window: int = 8
     concur_min_window: int = 1
     concur_max_window: int = 4096

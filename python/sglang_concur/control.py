@@ -10,8 +10,8 @@ Every policy maps (current window, signals of the last control interval) to the 
 U is the share of the KV pool held by running requests (evictable radix cache excluded) and H
 the prefix-cache hit rate of the tokens prefilled in the interval.  W stays in [min, max].
 
-`native` steers by what the engine sees directly.  Its window is a budget of KV tokens (the
-predicted footprints of the active agents must fit in it), starting at the KV pool's capacity:
+`native` steers by what the engine sees directly.  Its window is a budget B of KV tokens: the
+predicted footprints of the active agents must fit in it (pricing, pausing: controller.py):
 
     B <- B * beta                      if R > R_max and not settling  (returning agents recompute history)
     B <- B + step * capacity           if agents are held, R <= R_max / 2 and not settling

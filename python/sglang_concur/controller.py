@@ -1,5 +1,16 @@
 """The controller: window + admission table + recompute ledger, stepped by the scheduler glue.
-Pure: no SGLang, no clock (times are passed in), so it runs in tests as it runs in the engine."""
+Pure: no SGLang, no clock (times are passed in), so it runs in tests as it runs in the engine.
+
+For `native` it also prices agents and decides when pausing is worth it:
+- price = the agent's predicted footprint at its end (accounting.footprint: own growth times the
+  Kaplan-Meier expected remaining turns, at most the largest context an ended agent reached),
+  at most the capacity less a typical agent's price (a typical agent always fits beside the
+  largest), and at least capacity / 8 until three agents have ended (a prior, replaced by data);
+- a mild cut (recompute above the threshold) only stops admission: pausing throws history away;
+- agents are paused, at turn boundaries, down to the budget only when recompute is severe (over
+  four times the threshold) or the active agents are predicted to need twice the budget (early,
+  while the histories a pause throws away are short).
+"""
 
 from __future__ import annotations
 

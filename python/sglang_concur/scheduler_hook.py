@@ -273,6 +273,9 @@ class _Metrics:
         self.evicted = Counter("sglang:concur_evicted_tokens", "Tokens evicted from the radix cache.", labelnames=names)
         self.recomputed = Counter("sglang:concur_recomputed_tokens",
                                   "History tokens of returning agent turns that had to be prefilled again.", labelnames=names)
+        self.kv_tokens = Gauge("sglang:concur_kv_tokens", "KV slots held, measured on the device: by active agents, "
+                               "by the others (paused, waiting, idle), shared by several agents (counted once).",
+                               labelnames=names + ["kind"], multiprocess_mode="mostrecent")
         self._reported = (0, 0)
 
     def observe(self, ctl: ConcurController, changed: Optional[tuple]) -> None:
@@ -286,6 +289,10 @@ class _Metrics:
         self.kv_usage.labels(**lab).set(sig.kv_usage)
         if sig.hit_rate is not None:
             self.hit_rate.labels(**lab).set(sig.hit_rate)
+        active = sum(ctl.resident.get(a, 0) for a in ctl.table.active)
+        self.kv_tokens.labels(**lab, kind="active").set(active)
+        self.kv_tokens.labels(**lab, kind="inactive").set(sum(ctl.resident.values()) - active)
+        self.kv_tokens.labels(**lab, kind="shared").set(ctl.resident_shared)
         ev, rc = ctl.ledger.evicted_tokens, ctl.ledger.recomputed_tokens
         self.evicted.labels(**lab).inc(ev - self._reported[0])
         self.recomputed.labels(**lab).inc(rc - self._reported[1])

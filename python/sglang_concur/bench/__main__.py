@@ -33,7 +33,7 @@ class Preset:
     seed: int = 0
     trace: Dict[str, Any] = field(default_factory=dict)  # TraceParams overrides
     server_args: Tuple[str, ...] = ()  # extra flags for both servers
-    concur_args: str = "--concur-policy aimd"
+    concur_args: str = "--concur-policy native"
     # sweep: SGLang --max-running-requests values, client-side agent caps, CONCUR policies
     sweep_max_running: Tuple[int, ...] = (2, 4, 8)
     sweep_agent_caps: Tuple[int, ...] = (2, 4, 8)
