@@ -21,9 +21,10 @@ def url(tiny_model):
         yield srv.url
 
 
-def metric(url: str, name: str) -> float:
+def metric(url: str, name: str, label: str = "") -> float:
+    """Sum of the series `name` (those carrying `label`, e.g. 'kind="shared"')."""
     text = requests.get(url + "/metrics", timeout=30).text
-    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + "{"))
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + "{") and label in l)
 
 
 def measured(url: str) -> dict:
@@ -89,8 +90,6 @@ def test_shared_prefix_is_counted_once(url):
     assert after["agents"]["D"]["kv_tokens"] == ctx_d - 60
     assert after["agents"]["E"]["kv_tokens"] == 40 + len(e["output_ids"]) - 1
     # the same figures on /metrics (exported at each control step)
-    text = requests.get(url + "/metrics", timeout=30).text
-    kv = {k: sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
-                 if l.startswith("sglang:concur_kv_tokens{") and f'kind="{k}"' in l) for k in ("shared", "active", "inactive")}
+    kv = {k: metric(url, "sglang:concur_kv_tokens", f'kind="{k}"') for k in ("shared", "active", "inactive")}
     assert kv["shared"] == after["kv_tokens_shared"]
     assert kv["active"] + kv["inactive"] == sum(a["kv_tokens"] for a in after["agents"].values())

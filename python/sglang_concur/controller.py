@@ -74,12 +74,15 @@ class ConcurController:
         if not self.budgets_tokens:
             return self.table.update(slots(self.window), wanting, inflight, now)
         return self.table.update(self.window, wanting, inflight, now, cost=self.cost, pause_key=self.pause_key,
-                                 pause_to=self.pause_to)
+                                 pause_to=self._pause_limit())
+
+    def _pause_limit(self) -> float:
+        """Active agents are paused (at turn boundaries) while they hold more than this."""
+        return self.pause_to if self.budgets_tokens else slots(self.window)
 
     def may_pause(self) -> bool:
-        """Whether a gate decision could pause an agent now (the active ones hold more than allowed)."""
-        limit = self.pause_to if self.budgets_tokens else slots(self.window)
-        return self.table.used > limit
+        """Whether a gate decision could pause an agent now."""
+        return self.table.used > self._pause_limit()
 
     def cost(self, agent: str) -> float:
         """Predicted footprint (accounting.footprint).  Until the projection rests on data (three
@@ -159,6 +162,11 @@ class ConcurController:
         self.window_changes["up" if new > old else "down"] += 1
         return old, new
 
+    def kv_tokens(self) -> Dict[str, int]:
+        """KV slots measured on the device: held by active agents, by the others, shared."""
+        active = sum(self.resident.get(a, 0) for a in self.table.active)
+        return {"active": active, "inactive": sum(self.resident.values()) - active, "shared": self.resident_shared}
+
     def window_size(self, window: Optional[float] = None) -> float:
         """The admitted amount: agent slots, or budget tokens for `native`."""
         window = self.window if window is None else window
@@ -182,9 +190,7 @@ class ConcurController:
             "paused_agents": c.paused,
             "waiting_agents": c.waiting,
             "held_requests": len(self.held),
-            "kv_tokens_active": sum(self.resident.get(a, 0) for a in self.table.active),
-            "kv_tokens_inactive": sum(self.resident.values()) - sum(self.resident.get(a, 0) for a in self.table.active),
-            "kv_tokens_shared": self.resident_shared,
+            **{f"kv_tokens_{kind}": n for kind, n in self.kv_tokens().items()},
             "evicted_tokens": self.ledger.evicted_tokens,
             "recomputed_tokens": self.ledger.recomputed_tokens,
             "window_changes": dict(self.window_changes),

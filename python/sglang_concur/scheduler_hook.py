@@ -40,8 +40,6 @@ class SchedulerGate:
         self.metrics = _make_metrics(scheduler)
         self.inflight: Dict[str, int] = {}  # requests in flight per agent: +1 at admission, -1 at release
         self._epoch = 0  # bumped by every event that can change an admission decision
-        self._decided_epoch = -1
-        self._wanting: Dict[str, None] = {}
         self._allowed: Set[Optional[str]] = set(_NO_AGENT)  # active agents, and None (requests without an agent)
         self._memo: Optional[tuple] = None  # (queue list, its length, its tail, held at its head, epoch) after a step
         self._original_prefill = scheduler.get_new_batch_prefill
@@ -61,9 +59,8 @@ class SchedulerGate:
     def get_new_batch_prefill(self, running_batch):
         """Cost per step: when the queue is the one left by the last step (or only grew by
         requests of active agents) and no event happened since, the last split is reused: O(new
-        requests).  Otherwise a few C-level passes over the queue (routing keys, set tests), and
-        the admission decision itself (Python, O(queued agents)) reruns only when its inputs
-        changed: the set of queued agents, or an event (admission, release, control step, end)."""
+        requests).  Otherwise the admission decision reruns (Python, O(queued agents)) and the
+        queue is split with C-level passes (routing keys, set tests)."""
         s, ctl = self.scheduler, self.controller
         now = self.clock()
         queue = s.waiting_queue
@@ -81,8 +78,7 @@ class SchedulerGate:
                 wanting = dict.fromkeys(keys)
                 wanting.pop(None, None)
                 if wanting:
-                    if self._epoch != self._decided_epoch or wanting.keys() != self._wanting.keys():
-                        self._decide(queue, wanting, now)
+                    self._decide(queue, wanting, now)
                     allowed = self._allowed
                     if not allowed.issuperset(wanting):
                         mask = list(map(allowed.__contains__, keys))
@@ -149,8 +145,6 @@ class SchedulerGate:
                 if r.routing_key is not None and r.routing_key not in pending:
                     pending[r.routing_key] = len(r.origin_input_ids)
         self._allowed = ctl.admit(wanting, self.inflight, now) | _NO_AGENT
-        self._wanting = wanting
-        self._decided_epoch = self._epoch
 
     def _busy(self, running_batch) -> Set[str]:
         """Exact agents in flight, from the running batch; also resyncs the event-kept counts."""
@@ -289,10 +283,8 @@ class _Metrics:
         self.kv_usage.labels(**lab).set(sig.kv_usage)
         if sig.hit_rate is not None:
             self.hit_rate.labels(**lab).set(sig.hit_rate)
-        active = sum(ctl.resident.get(a, 0) for a in ctl.table.active)
-        self.kv_tokens.labels(**lab, kind="active").set(active)
-        self.kv_tokens.labels(**lab, kind="inactive").set(sum(ctl.resident.values()) - active)
-        self.kv_tokens.labels(**lab, kind="shared").set(ctl.resident_shared)
+        for kind, n in ctl.kv_tokens().items():
+            self.kv_tokens.labels(**lab, kind=kind).set(n)
         ev, rc = ctl.ledger.evicted_tokens, ctl.ledger.recomputed_tokens
         self.evicted.labels(**lab).inc(ev - self._reported[0])
         self.recomputed.labels(**lab).inc(rc - self._reported[1])
