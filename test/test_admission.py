@@ -54,19 +54,66 @@ def test_end_frees_slot_and_unknown_end_is_false():
 def test_idle_timeout_ends_only_agents_with_nothing_in_flight():
     t = AdmissionTable(idle_timeout=10)
     t.update(2, ["a", "b"], {}, 0.0)
-    t.sync({"a"}, 8.0)  # a has a long request in flight
-    assert t.expire(12.0) == ["b"]
+    t.sync({"a": 1}, 8.0)  # a has a long request in flight
+    assert t.expire(12.0, {"a": 1}) == ["b"]
     assert set(t.agents) == {"a"}
-    assert t.expire(30.0) == ["a"]
+    assert t.expire(30.0, {}) == ["a"]
 
 
 def test_busy_agent_unknown_to_the_table_holds_a_slot():
     t = AdmissionTable(idle_timeout=60)
     t.update(1, ["a"], {}, 0.0)
-    t.end("a")  # ended while its request still runs
-    t.sync({"a"}, 1.0)
+    t.end("a")  # ended (unknown to the table now); then a request of it is seen running
+    t.sync({"a": 1}, 1.0)
     assert t.update(1, ["b"], {"a": 1}, 1.0) == {"a"}
     assert states(t)["b"] == "waiting"
+
+
+def test_end_while_in_flight_holds_no_room_and_leaves_when_the_request_finishes():
+    t = AdmissionTable(idle_timeout=60)
+    t.update(1, ["a", "b"], {}, 0.0)
+    assert t.end("a", inflight=1) is True
+    assert states(t)["a"] == "ending" and "a" not in t.active and t.used == 0
+    assert t.update(1, ["b"], {"a": 1}, 1.0) == {"b"}  # its room went to b at once
+    t.sync({"a": 1, "b": 1}, 2.0)  # still running: not brought back as active
+    assert states(t)["a"] == "ending"
+    assert t.turn_ended("a", 3.0) is True and "a" not in t.agents  # its last request finished: gone
+    assert t.update(2, ["a"], {"b": 1}, 4.0) == {"a", "b"}  # a later request starts a new agent
+    assert t.agents["a"].admissions == 1
+
+
+def test_idle_agent_is_charged_by_refresh_and_full_price_when_it_comes_back():
+    t = AdmissionTable(idle_timeout=60)
+    t.update(2, ["a", "b"], {}, 0.0)
+    assert t.turn_ended("a", 1.0) is False and t.agents["a"].idle_since == 1.0
+    t.refresh(lambda aid: 0.25 if t.agents[aid].idle_since is not None else 1.0)
+    assert t.used == 1.25
+    assert t.update(2, ["c"], {}, 2.0) == {"a", "b"}  # 1.25 + 1 > 2: no room yet
+    assert t.came_back("a", 5.0) == 4.0 and t.used == 2.0 and t.agents["a"].idle_since is None
+    assert t.came_back("a", 6.0) is None  # not idle
+
+
+def test_must_wait_registers_a_new_agent_that_cannot_fit_without_a_decision():
+    t = AdmissionTable(idle_timeout=60)
+    t.update(1, ["a", "b"], {}, 0.0)
+    assert t.must_wait("c", 1, 1.0) is True and states(t)["c"] == "waiting"
+    assert t.agents["b"].seq < t.agents["c"].seq  # behind b in arrival order
+    assert t.must_wait("b", 1, 1.0) is False  # known agents go through a decision
+    sizes = {"a": 600.0, "d": 300.0, "e": 500.0}
+    u = AdmissionTable(idle_timeout=60)
+    u.update(1000, ["a"], {}, 0.0, cost=sizes.get)
+    assert u.must_wait("d", 1000, 1.0, cost=sizes.get) is False  # it would fit (backfill): decide
+    assert u.must_wait("e", 1000, 1.0, cost=sizes.get) is True
+
+
+def test_digest_follows_the_sequence_of_decisions():
+    def run(order):
+        t = AdmissionTable(idle_timeout=60)
+        t.update(2, order, {}, 0.0)
+        t.update(1, order, {}, 1.0)
+        return t.digest
+    assert run(["a", "b", "c"]) == run(["a", "b", "c"])
+    assert run(["a", "b", "c"]) != run(["b", "a", "c"])
 
 
 def test_counts():

@@ -38,11 +38,11 @@ def test_native_recompute_ratio_from_the_ledger_interval():
 def test_recompute_of_a_resumed_agent_is_not_congestion():
     c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="native"), now=0.0, capacity=10_000)
     c.table.update(5_000, ["a"], {}, 0.0, cost=lambda _: 1000.0)
-    c.turn_admitted("a", 100, 0)
+    c.turn_admitted("a", 100, 0, 0.0)
     c.ledger.turn_finished("a", 150)
     c.table.update(500, ["a"], {}, 0.5, cost=lambda _: 1000.0)  # budget fell: a is paused at its turn boundary
     c.table.update(5_000, ["a"], {}, 0.6, cost=lambda _: 1000.0)  # and resumed
-    c.turn_admitted("a", 200, 0)  # its history was evicted while paused: 150 recomputed
+    c.turn_admitted("a", 200, 0, 0.7)  # its history was evicted while paused: 150 recomputed
     assert c.ledger.recomputed_tokens == 150 and c.ledger.admitted_recomputed == 0
     assert c.control_step(1.0, kv_usage=0.5, busy={"a"}) is None and c.last_signals.recompute_ratio is None
 
@@ -53,9 +53,9 @@ def native_with_agents(n_agents: int, context: int, capacity: int = 10_000) -> C
     ids = [f"a{i}" for i in range(n_agents)]
     c.admit(ids, {}, 0.0)
     for a in ids:
-        c.turn_admitted(a, 100, 0)
+        c.turn_admitted(a, 100, 0, 0.0)
         c.ledger.turn_finished(a, context // 2)
-        c.turn_admitted(a, context // 2 + 10, context // 2)
+        c.turn_admitted(a, context // 2 + 10, context // 2, 0.0)
         c.ledger.turn_finished(a, context)
     return c
 

@@ -1,7 +1,8 @@
 """sglang-concur: CONCUR agent-level admission control inside SGLang's scheduler.
 
 Loaded by SGLang from the `sglang.srt.plugins` entry point in every process; nothing changes in
-SGLang's behaviour until a server or Engine is started with --concur-enable / concur_enable=True.
+SGLang's behaviour until a server or Engine is started with --concur-enable / concur_enable=True /
+SGLANG_CONCUR_ENABLE=1.
 """
 
 __version__ = "0.1.0"
@@ -15,13 +16,18 @@ def plugin() -> None:
 
     ipc.register()
     sa, eng = "sglang.srt.server_args.ServerArgs", "sglang.srt.entrypoints.engine.Engine"
+    tm = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
     for target, hook, kind in [
         (f"{sa}.add_cli_args", h.add_cli_args_after, HookType.AFTER),
         (f"{sa}.from_cli_args", h.from_cli_args_around, HookType.AROUND),
         (f"{eng}.generate", h.engine_generate_around, HookType.AROUND),
         (f"{eng}.async_generate", h.engine_async_generate_around, HookType.AROUND),
-        ("sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request", h.generate_request_around, HookType.AROUND),
+        (f"{eng}._launch_subprocesses", h.launch_subprocesses_around, HookType.AROUND),
         ("sglang.srt.entrypoints.http_server.launch_server", h.launch_server_around, HookType.AROUND),
+        (f"{tm}.generate_request", h.generate_request_around, HookType.AROUND),
+        (f"{tm}._dispatch_to_scheduler", h.dispatch_around, HookType.AROUND),
+        (f"{tm}._handle_batch_output", h.handle_batch_output_around, HookType.AROUND),
+        ("sglang.srt.managers.io_struct.GenerateReqInput.__getitem__", h.getitem_after, HookType.AFTER),
         ("sglang.srt.managers.scheduler.Scheduler.__init__", _scheduler_init_after, HookType.AFTER),
     ]:
         HookRegistry.register(target, hook, kind)

@@ -39,6 +39,7 @@ class RecomputeLedger:
     admitted_recomputed: int = 0
     admitted_prompt_tokens: int = 0
     lifetimes: List[int] = field(default_factory=list)  # turns of the latest ended agents (at most 256)
+    provisional: Dict[str, int] = field(default_factory=dict)  # turns of live agents that look gone (no end call)
     growths: List[float] = field(default_factory=list)  # their mean context growth per turn
     finals: List[int] = field(default_factory=list)  # their private context at the end
 
@@ -69,8 +70,25 @@ class RecomputeLedger:
             self.admitted_prompt_tokens += prompt_len
         return lost
 
+    def looks_gone(self, agent: str, gone: bool) -> None:
+        """An agent with no end call looks gone (or came back): count its lifetime provisionally."""
+        a = self.agents.get(agent)
+        if gone and a is not None and a.turns:
+            self.provisional[agent] = a.turns
+        else:
+            self.provisional.pop(agent, None)
+
+    def ended_lifetimes(self) -> List[int]:
+        return self.lifetimes + list(self.provisional.values())
+
+    def end_rate(self) -> float:
+        """P(a turn is its agent's last): ends over turns of the ended agents (0 before any ended)."""
+        ended = self.ended_lifetimes()
+        return len(ended) / sum(ended) if ended else 0.0
+
     def forget(self, agent: str) -> None:
         """The agent ended: its ledger goes, its lifetime is kept for projections."""
+        self.provisional.pop(agent, None)
         a = self.agents.pop(agent, None)
         if a is not None and a.turns:
             self.lifetimes.append(a.turns)

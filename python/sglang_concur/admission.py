@@ -3,27 +3,35 @@
 
 An agent is WAITING from its first request until the window has room, then ACTIVE until it ends
 (explicit end, or `idle_timeout` seconds with nothing queued or in flight).  The window counts
-agents (cost 1 each) or, with a `cost` function, their predicted KV footprints in tokens.  When
-the active agents exceed the window, an active agent whose next turn arrives with nothing of its
-own in flight (a turn boundary) is PAUSED: its requests wait, nothing running is touched; the
-candidates with the highest `pause_key` go first.  Room goes to paused agents first (in pause
-order), then to waiting agents (in arrival order).  With costs, an agent too large for the room
-left may be overtaken by later ones that fit (backfill), for at most `backfill_wait` seconds; then
-room is kept for it.  One agent is always admitted when none is active.
+agents (cost 1 each) or, with a `cost` function, their predicted KV footprints in tokens; an
+active agent with nothing queued or in flight (in a tool, or gone) is charged less as it looks
+more gone (`refresh`), and its full price again the moment it returns.  When the active agents
+exceed the window, an active agent whose next turn arrives with nothing of its own in flight (a
+turn boundary) is PAUSED: its requests wait, nothing running is touched; the candidates with the
+highest `pause_key` go first.  Room goes to paused agents first (in pause order), then to waiting
+agents (in arrival order).  With costs, an agent too large for the room left may be overtaken by
+later ones that fit (backfill), for at most `backfill_wait` seconds; then room is kept for it.  One
+agent is always admitted when none is active.  An agent ended while a request of it runs is ENDING:
+it holds no room and leaves when nothing of it is in flight.
+
+Every collection is insertion-ordered (dicts, lists): decisions never depend on a set's hash order,
+so every TP rank, fed the same events, takes the same decisions.  `digest` folds each state change.
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
+import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set
+from typing import Callable, Dict, Iterable, KeysView, List, Mapping, Optional
 
 
 class AgentState(str, enum.Enum):
     WAITING = "waiting"
     ACTIVE = "active"
     PAUSED = "paused"
+    ENDING = "ending"
 
 
 @dataclass(slots=True)
@@ -36,6 +44,7 @@ class Agent:
     cost: float = 1.0  # window units it holds while ACTIVE (its cost when admitted or last refreshed)
     resumed: bool = False  # admitted again after a pause: its next turn may recompute what the pause cost
     blocked_since: Optional[float] = None  # first time it was next in line and did not fit
+    idle_since: Optional[float] = None  # when its last request finished, until its next one arrives
 
 
 Cost = Callable[[str], float]
@@ -53,29 +62,31 @@ class AdmissionTable:
     idle_timeout: float
     backfill_wait: float = 30.0  # seconds a blocked head of line may be overtaken by smaller agents
     agents: Dict[str, Agent] = field(default_factory=dict)
-    _seq: "itertools.count[int]" = field(default_factory=itertools.count)
-    _active: Set[str] = field(default_factory=set)
+    active: Dict[str, None] = field(default_factory=dict)  # ACTIVE agents, in admission order
     used: float = 0.0  # window units held by the active agents
+    digest: int = 0  # crc32 over every state change, in order: equal on ranks that decided alike
+    _seq: "itertools.count[int]" = field(default_factory=itertools.count)
 
     def update(self, window: float, wanting: Iterable[str], inflight: Mapping[str, int], now: float,
                cost: Optional[Cost] = None, pause_key: Optional[Callable[[Agent], float]] = None,
-               pause_to: Optional[float] = None) -> Set[str]:
-        """One gate decision.  `wanting`: agents with queued requests, in queue order; `inflight`:
-        requests in flight per agent.  Agents are paused while the active ones hold more than
-        `pause_to` (default: the window; `inf`: never pause).  Returns the ids of the ACTIVE agents
-        (whose requests may run).  Cost: O(len(wanting)); agents with nothing queued are not looked at."""
+               pause_to: Optional[float] = None) -> KeysView[str]:
+        """One gate decision.  `wanting`: agents with queued requests, in queue order (active ones
+        may be left out while nothing can be paused); `inflight`: requests in flight per agent.
+        Agents are paused while the active ones hold more than `pause_to` (default: the window;
+        `inf`: never pause).  Returns the ACTIVE agents (whose requests may run).  Cost:
+        O(len(wanting)); agents with nothing queued are not looked at."""
         pause_to = window if pause_to is None else pause_to
         agents = self.agents
         claims: List[Agent] = []
         boundary: List[Agent] = []
         for aid in wanting:
             a = agents.get(aid)
-            if a is None:
+            if a is None or a.state is AgentState.ENDING and not inflight.get(aid):
                 a = agents[aid] = Agent(aid, AgentState.WAITING, next(self._seq), now)
             a.last_seen = now
-            if a.state is not AgentState.ACTIVE:
+            if a.state is AgentState.WAITING or a.state is AgentState.PAUSED:
                 claims.append(a)
-            elif not inflight.get(aid):
+            elif a.state is AgentState.ACTIVE and not inflight.get(aid):
                 boundary.append(a)
         if boundary and self.used > pause_to:  # the window shrank: pause at turn boundaries
             boundary.sort(key=pause_key or (lambda a: -a.seq), reverse=pause_key is not None)
@@ -90,7 +101,7 @@ class AdmissionTable:
                 if self.used >= window:
                     break
                 c = 1.0 if cost is None else cost(a.agent_id)
-                if self._active and self.used + c > window:
+                if self.active and self.used + c > window:
                     if cost is None:
                         break  # agent slots: every claim costs the same
                     if head is not None:
@@ -106,29 +117,55 @@ class AdmissionTable:
                 a.resumed = a.state is AgentState.PAUSED
                 self._set(a, AgentState.ACTIVE)
                 a.admissions += 1
-        return self._active
+        return self.active.keys()
 
-    @property
-    def active(self) -> Set[str]:
-        return self._active
+    def must_wait(self, agent_id: str, window: float, now: float, cost: Optional[Cost] = None) -> bool:
+        """A new agent arrives while earlier claims are held and nothing changed: when it cannot fit
+        either, it waits (registered in arrival order) without a decision; False when a decision
+        could admit it (it would fit: backfill), so the caller decides."""
+        if agent_id in self.agents or not self.active:
+            return False
+        c = 1.0 if cost is None else cost(agent_id)
+        if self.used + c <= (int(window) if cost is None else window):
+            return False
+        self.agents[agent_id] = Agent(agent_id, AgentState.WAITING, next(self._seq), now)
+        self.digest = zlib.crc32(f"{agent_id}>waiting;".encode(), self.digest)
+        return True
+
+    def came_back(self, agent_id: str, now: float, cost: Optional[Cost] = None) -> Optional[float]:
+        """A request of an idle agent arrived: it is charged its full price again.  Returns the gap
+        since its last turn ended (None if it was not idle)."""
+        a = self.agents.get(agent_id)
+        if a is None or a.idle_since is None:
+            return None
+        gap, a.idle_since, a.last_seen = now - a.idle_since, None, now
+        if a.state is AgentState.ACTIVE:
+            c = 1.0 if cost is None else cost(agent_id)
+            self.used += c - a.cost
+            a.cost = c
+        return gap
 
     def refresh(self, cost: Cost) -> None:
-        """Re-price the active agents (footprints grow); called once per control step."""
-        for aid in self._active:
-            self.agents[aid].cost = cost(aid)
-        self.used = sum(self.agents[aid].cost for aid in self._active)
+        """Re-price the active agents (footprints grow, idle agents fade); once per control step."""
+        agents, used = self.agents, 0.0
+        for aid in self.active:
+            a = agents[aid]
+            a.cost = cost(aid)
+            used += a.cost
+        self.used = used
 
-    def sync(self, busy: Set[str], now: float) -> None:
-        """Agents with requests in flight are active and not idle (also one ended while it ran:
-        it holds a slot until its request finishes)."""
+    def sync(self, busy: Iterable[str], now: float) -> None:
+        """Agents with requests in flight (in running order) are active and not idle (an ENDING one
+        stays ENDING: it holds no room)."""
         for aid in busy:
             a = self.agents.get(aid)
             if a is None:
                 a = self.agents[aid] = Agent(aid, AgentState.WAITING, next(self._seq), now)
                 self._set(a, AgentState.ACTIVE)
-            elif a.state is not AgentState.ACTIVE:
+            elif a.state is AgentState.WAITING or a.state is AgentState.PAUSED:
                 self._set(a, AgentState.ACTIVE)
             a.last_seen = now
+            a.idle_since = None
 
     def touch(self, queued: Iterable[str], now: float) -> None:
         """Agents with requests queued are not idle."""
@@ -138,33 +175,60 @@ class AdmissionTable:
             if a is not None:
                 a.last_seen = now
 
-    def expire(self, now: float) -> List[str]:
-        """End the agents idle for longer than `idle_timeout`; returns their ids."""
-        gone = [a.agent_id for a in self.agents.values() if now - a.last_seen > self.idle_timeout]
+    def turn_ended(self, agent_id: str, now: float) -> bool:
+        """The agent's last request in flight finished: it is idle from `now` (in a tool, or gone).
+        Returns True when an ENDING agent left for good."""
+        a = self.agents.get(agent_id)
+        if a is None:
+            return False
+        if a.state is AgentState.ENDING:
+            del self.agents[agent_id]
+            return True
+        a.idle_since = a.last_seen = now
+        return False
+
+    def expire(self, now: float, busy: Mapping[str, int]) -> List[str]:
+        """End the agents idle for longer than `idle_timeout`, and ENDING agents with nothing in
+        flight; returns the ids that left."""
+        gone = [a.agent_id for a in self.agents.values()
+                if now - a.last_seen > self.idle_timeout or a.state is AgentState.ENDING and not busy.get(a.agent_id)]
         for aid in gone:
-            self.end(aid)
+            self._leave(aid)
         return gone
 
-    def end(self, agent_id: str) -> bool:
-        """Explicit end of an agent: its slot frees at once.  Requests it still has in flight keep
-        running; a later request starts it again as a new agent."""
-        a = self.agents.pop(agent_id, None)
-        if a is not None and a.state is AgentState.ACTIVE:
-            self._active.discard(agent_id)
-            self.used -= a.cost
-        return a is not None
+    def end(self, agent_id: str, inflight: int = 0) -> bool:
+        """Explicit end of an agent: its room frees at once.  With requests still in flight it is
+        ENDING until they finish; a later request starts it again as a new agent."""
+        a = self.agents.get(agent_id)
+        if a is None:
+            return False
+        if inflight:
+            self._set(a, AgentState.ENDING)
+        else:
+            self._leave(agent_id)
+        return True
 
     def counts(self) -> Counts:
-        n = len(self.agents)
-        paused = sum(1 for a in self.agents.values() if a.state is AgentState.PAUSED)
-        return Counts(active=len(self._active), paused=paused, waiting=n - len(self._active) - paused)
+        paused = waiting = 0
+        for a in self.agents.values():
+            paused += a.state is AgentState.PAUSED
+            waiting += a.state is AgentState.WAITING
+        return Counts(active=len(self.active), paused=paused, waiting=waiting)
+
+    def _leave(self, agent_id: str) -> None:
+        a = self.agents.pop(agent_id)
+        if a.state is AgentState.ACTIVE:
+            del self.active[agent_id]
+            self.used -= a.cost
+        self.digest = zlib.crc32(f"{agent_id}>gone;".encode(), self.digest)
 
     def _set(self, a: Agent, state: AgentState) -> None:
         if state is AgentState.ACTIVE and a.state is not AgentState.ACTIVE:
-            self._active.add(a.agent_id)
+            self.active[a.agent_id] = None
             self.used += a.cost
         elif state is not AgentState.ACTIVE and a.state is AgentState.ACTIVE:
-            self._active.discard(a.agent_id)
+            del self.active[a.agent_id]
             self.used -= a.cost
         a.state = state
         a.seq = next(self._seq)
+        self.digest = zlib.crc32(f"{a.agent_id}>{state.value};".encode(), self.digest)

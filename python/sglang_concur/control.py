@@ -11,21 +11,30 @@ U is the share of the KV pool held by running requests (evictable radix cache ex
 the prefix-cache hit rate of the tokens prefilled in the interval.  W stays in [min, max].
 
 `native` steers by what the engine sees directly.  Its window is a budget B of KV tokens: the
-predicted footprints of the active agents must fit in it (pricing, pausing: controller.py):
+predicted footprints of the active agents must fit in it (pricing, pausing: controller.py).  Two
+costs are weighed, both measured: recomputed history R (too many agents: their histories evict
+each other) and lost work I (too few: the engine idles while the gate holds agents back, because
+every admitted agent is in a tool):
 
-    B <- B * beta                      if R > R_max and not settling  (returning agents recompute history)
-    B <- B + step * capacity           if agents are held, R <= R_max / 2 and not settling
-    B <- B                             otherwise
+    B <- B * beta             if R > max(R_max, I) and not settling   (recompute costs more than it fills)
+    B <- B + step * capacity  if agents are held, not settling, and
+                                  R <= R_max / 2 and B < capacity          (every footprint still fits), or
+                                  I > R                                    (the engine idles: overcommit)
+    B <- B                    otherwise
 
 Recompute lags a cut (agents whose history was already evicted still come back to recompute it),
 so after a cut the budget settles (neither cut again nor grown) until as many turns have returned
-as there were active agents.
-The budget starts at half the capacity and moves within [capacity / 4, capacity]: footprints are
-projected to each agent's end, so a budget of the whole pool is already an upper bound.
+as there were active agents.  The budget starts at half the capacity and moves within
+[capacity / 4, capacity * overlap]: footprints are projected to each agent's end, so a budget of
+the whole pool is the most that fits at once; agents in tools do not need their cache until they
+return, so when the engine idles the budget may overcommit the pool up to `overlap` = (LLM time +
+tool time) / LLM time per turn, measured: the pool then holds the histories of the agents that are
+in an LLM call.
 
 R is the share of the returning turns' prompt tokens that were history evicted since the agent's
-last turn (recomputed), R_max a dimensionless share; every bound is a multiple of the capacity
-measured at start-up, so nothing depends on the model.
+last turn (recomputed), I the share of the interval the engine had nothing to run while the gate
+held requests, R_max a dimensionless share; every bound is a multiple of the capacity measured at
+start-up or a ratio measured during the run, so nothing depends on the model or the workload.
 """
 
 from __future__ import annotations
@@ -42,6 +51,8 @@ class Signals:
     recompute_ratio: Optional[float] = None  # recomputed / prompt tokens of returning turns; None if none
     held_agents: int = 0  # agents with requests held by the gate (waiting or paused)
     settling: bool = False  # the last cut has not been seen by every agent it affected yet
+    lost_work: float = 0.0  # share of the interval the engine idled while the gate held requests
+    overlap: float = 1.0  # (LLM + tool time) / LLM time per turn: how far the pool may be overcommitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +133,16 @@ class NativePolicy:
         return self.params.initial_share * self.capacity
 
     def next_window(self, window: float, s: Signals) -> float:
-        p, r = self.params, s.recompute_ratio
-        if r is not None and r > p.recompute_threshold:
+        p, c = self.params, self.capacity
+        r = 0.0 if s.recompute_ratio is None else s.recompute_ratio
+        if r > max(p.recompute_threshold, s.lost_work):
             if not s.settling:
                 window *= p.beta
-        elif s.held_agents > 0 and not s.settling and (r is None or r <= p.recompute_threshold / 2):
-            window += p.step * self.capacity
-        return min(max(window, p.min_share * self.capacity), p.max_share * self.capacity)
+        elif s.held_agents > 0 and not s.settling and (
+                r <= p.recompute_threshold / 2 and window < p.max_share * c or s.lost_work > r):
+            window += p.step * c
+        top = max(p.max_share, s.overlap) * c
+        return min(max(window, p.min_share * c), top)
 
 
 def slots(window: float) -> int:

@@ -10,15 +10,24 @@ For `native` it also prices agents and decides when pausing is worth it:
 - agents are paused, at turn boundaries, down to the budget only when recompute is severe (over
   four times the threshold) or the active agents are predicted to need twice the budget (early,
   while the histories a pause throws away are short).
+
+For every policy, an agent with nothing queued or in flight is charged its price times the
+probability that it comes back (agents.GapModel): one that stopped without an end call fades out
+of the window within a few of the workload's gaps between turns.  The signals the native law
+weighs (recompute, lost work, the overlap of tools and LLM calls) are counted here from the
+events the glue reports.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Deque, Dict, Iterable, KeysView, List, Mapping, Optional, Tuple
 
 from sglang_concur.accounting import RecomputeLedger, footprint, remaining_turns
-from sglang_concur.admission import Agent, AdmissionTable
+from sglang_concur.admission import Agent, AdmissionTable, AgentState
+from sglang_concur.agents import GapModel, is_inferred
 from sglang_concur.config import ConcurConfig
 from sglang_concur.control import NativePolicy, Policy, Signals, slots
 
@@ -29,6 +38,7 @@ class IntervalStats:
     input_tokens: int = 0  # prompt tokens prefilled (SGLang's log_input_tokens: the uncached part)
     recomputed: int = 0  # ledger totals (turns of agents that stayed admitted) at the interval's start
     returning: int = 0
+    lost: float = 0.0  # seconds the engine had nothing to run while the gate held requests
 
     def hit_rate(self) -> Optional[float]:
         """SGLang's cache hit rate: hit / (hit + prefilled)."""
@@ -57,6 +67,10 @@ class ConcurController:
     typical: float = 0.0  # median predicted footprint over the agents seen
     resident: Dict[str, int] = field(default_factory=dict)  # KV slots per agent, measured on the device
     resident_shared: int = 0  # KV slots shared by several agents (counted once)
+    gaps: GapModel = field(default_factory=GapModel)  # reply -> next request, over the workload
+    turn_start: Dict[str, float] = field(default_factory=dict)  # when each agent's running turn was admitted
+    llm_times: Deque[float] = field(default_factory=lambda: deque(maxlen=512))  # admission -> reply, per turn
+    now: float = 0.0  # the time of the last event (idle agents' prices are read at it)
 
     @classmethod
     def create(cls, config: ConcurConfig, now: float, capacity: float) -> "ConcurController":
@@ -70,11 +84,30 @@ class ConcurController:
         return isinstance(self.policy, NativePolicy)
 
     # --- the gate decision (every prefill pass with something queued) ----------------------
-    def admit(self, wanting: Iterable[str], inflight: Mapping[str, int], now: float) -> Set[str]:
+    def admit(self, wanting: Iterable[str], inflight: Mapping[str, int], now: float) -> KeysView[str]:
+        """The active agents after one gate decision over the queued agents `wanting`."""
+        self.now = now
         if not self.budgets_tokens:
             return self.table.update(slots(self.window), wanting, inflight, now)
         return self.table.update(self.window, wanting, inflight, now, cost=self.cost, pause_key=self.pause_key,
                                  pause_to=self._pause_limit())
+
+    def must_wait(self, agent: str, now: float) -> bool:
+        """A new agent while others are held and nothing changed: True when it waits too (no decision)."""
+        if self.budgets_tokens:
+            return self.table.must_wait(agent, self.window, now, self.cost)
+        return self.table.must_wait(agent, slots(self.window), now)
+
+    def request_arrived(self, agent: str, prompt_len: int, now: float) -> None:
+        """A request of `agent` joined the queue (not a retracted one coming back).  An idle agent
+        came back: its gap is measured and its full price restored."""
+        self.now = now
+        gap = self.table.came_back(agent, now, self.cost if self.budgets_tokens else None)
+        if gap is not None:
+            self.gaps.observe(gap)
+            self.ledger.looks_gone(agent, False)
+        elif agent not in self.table.active:
+            self.pending_prompt.setdefault(agent, prompt_len)  # prices a new agent before its first turn
 
     def _pause_limit(self) -> float:
         """Active agents are paused (at turn boundaries) while they hold more than this."""
@@ -83,6 +116,20 @@ class ConcurController:
     def may_pause(self) -> bool:
         """Whether a gate decision could pause an agent now."""
         return self.table.used > self._pause_limit()
+
+    def p_return(self, a: Agent, now: float) -> float:
+        """1 for an agent with something queued or in flight; else P(it comes back) after its idle time."""
+        if a.idle_since is None:
+            return 1.0
+        return self.gaps.p_return(now - a.idle_since, self.ledger.end_rate())
+
+    def charge(self, agent: str) -> float:
+        """What an active agent holds of the window now: its price, times P(it comes back) when idle."""
+        a = self.table.agents[agent]
+        full = self.cost(agent) if self.budgets_tokens else 1.0
+        p = self.p_return(a, self.now)
+        self.ledger.looks_gone(agent, p < 0.5)
+        return full * p
 
     def cost(self, agent: str) -> float:
         """Predicted footprint (accounting.footprint).  Until the projection rests on data (three
@@ -98,7 +145,7 @@ class ConcurController:
     @property
     def lifetimes_known(self) -> bool:
         """Projections rest on ended agents' lifetimes (else on the age-doubling prior)."""
-        return len(self.ledger.lifetimes) >= 3
+        return len(self.ledger.ended_lifetimes()) >= 3
 
     def pause_key(self, a: Agent) -> float:
         """Pause first the agent whose pause frees the most tokens (its predicted footprint) for the
@@ -109,42 +156,61 @@ class ConcurController:
             held = max(0, led.context_cached - led.shared) if led else 0
         return a.cost / (1 + held)
 
-    def turn_admitted(self, agent: str, prompt_len: int, matched: int) -> None:
+    def turn_admitted(self, agent: str, prompt_len: int, matched: int, now: float) -> None:
         """A turn of `agent` entered a prefill batch."""
         a = self.table.agents.get(agent)
         resumed = a is not None and a.resumed
         if resumed:
             a.resumed = False
         self.pending_prompt.pop(agent, None)
+        self.turn_start.setdefault(agent, now)
         self.ledger.turn_admitted(agent, prompt_len, matched, resumed)
 
+    def turn_ended(self, agent: str, now: float) -> None:
+        """The agent's last request in flight finished (its turn's reply is out): it is in a tool,
+        or gone.  An agent ended while the request ran leaves now."""
+        start = self.turn_start.pop(agent, None)
+        if start is not None:
+            self.llm_times.append(now - start)
+        if self.table.turn_ended(agent, now):
+            self._forget(agent)
+
+    def overlap(self) -> float:
+        """(LLM + tool time) / LLM time per turn, measured (1 until both are)."""
+        if not self.llm_times or not len(self.gaps):
+            return 1.0
+        llm = sum(self.llm_times) / len(self.llm_times)
+        return 1.0 + self.gaps.mean() / llm if llm > 0 else 1.0
+
     # --- the control step (every control interval) -----------------------------------------
-    def control_step(self, now: float, kv_usage: float, busy: Set[str],
+    def control_step(self, now: float, kv_usage: float, busy: Mapping[str, int],
                      queued: Iterable[str] = ()) -> Optional[Tuple[float, float]]:
-        """Advance the window; returns (old, new) when the admitted amount changed.  `busy`: agents
-        with requests in flight; `queued`: agents with requests queued (neither is idle)."""
+        """Advance the window; returns (old, new) when the admitted amount changed.  `busy`: requests
+        in flight per agent (in running order); `queued`: agents with requests queued (neither is idle)."""
+        self.now = now
         self.next_control = now + self.config.concur_control_interval
         self.table.sync(busy, now)
         self.table.touch(queued, now)
-        for aid in self.table.expire(now):
-            self.ledger.forget(aid)
-            self.pending_prompt.pop(aid, None)
+        for aid in self.table.expire(now, busy):
+            self._forget(aid)
         led, iv = self.ledger, self.interval
         returning = led.admitted_prompt_tokens - iv.returning
         ratio = (led.admitted_recomputed - iv.recomputed) / returning if returning else None
         held_agents = len({r.routing_key for r in self.held})
+        elapsed = max(1e-9, self.config.concur_control_interval)
         s = Signals(kv_usage=kv_usage, hit_rate=iv.hit_rate(), recompute_ratio=ratio, held_agents=held_agents,
-                    settling=led.returning_turns < self.settle_until_turns)
+                    settling=led.returning_turns < self.settle_until_turns, lost_work=min(1.0, iv.lost / elapsed),
+                    overlap=self.overlap())
         self.last_signals = s
         self.interval = IntervalStats(recomputed=led.admitted_recomputed, returning=led.admitted_prompt_tokens)
         if self.budgets_tokens:
             self.default_growth = led.typical_growth()
-            ages = [a.turns for a in led.agents.values() if a.turns]
-            self.remaining = remaining_turns(led.lifetimes, ages, max(ages, default=0) + 1)
+            ages = [a.turns for aid, a in led.agents.items() if a.turns and aid not in led.provisional]
+            self.remaining = remaining_turns(led.ended_lifetimes(), ages, max(ages, default=0) + 1)
             self.ceiling = led.ceiling()
             prints = sorted(footprint(led, a, 0, self.default_growth, self.remaining, self.ceiling) for a in led.agents)
             self.typical = prints[len(prints) // 2] if prints else 0.0
-            self.table.refresh(self.cost)
+        self.table.refresh(self.charge)
         old = self.window_size(self.window)
         window = self.policy.next_window(self.window, s)
         if window < self.window:  # a cut: let every active agent come back once before the next
@@ -162,6 +228,10 @@ class ConcurController:
         self.window_changes["up" if new > old else "down"] += 1
         return old, new
 
+    def digest(self) -> int:
+        """crc32 over every admission state change and window value so far: equal on every TP rank."""
+        return zlib.crc32(repr(self.window).encode(), self.table.digest)
+
     def kv_tokens(self) -> Dict[str, int]:
         """KV slots measured on the device: held by active agents, by the others, shared."""
         active = sum(self.resident.get(a, 0) for a in self.table.active)
@@ -172,10 +242,17 @@ class ConcurController:
         window = self.window if window is None else window
         return int(window) if self.budgets_tokens else slots(window)
 
-    def end(self, agent_id: str) -> bool:
+    def end(self, agent_id: str, inflight: int = 0) -> bool:
+        """Explicit end.  With requests in flight the agent holds no room and leaves when they finish."""
+        known = self.table.end(agent_id, inflight)
+        if agent_id not in self.table.agents:
+            self._forget(agent_id)
+        return known
+
+    def _forget(self, agent_id: str) -> None:
         self.ledger.forget(agent_id)
         self.pending_prompt.pop(agent_id, None)
-        return self.table.end(agent_id)
+        self.turn_start.pop(agent_id, None)
 
     # --- what an operator sees ---------------------------------------------------------------
     def status(self) -> Dict[str, Any]:
@@ -194,6 +271,9 @@ class ConcurController:
             "evicted_tokens": self.ledger.evicted_tokens,
             "recomputed_tokens": self.ledger.recomputed_tokens,
             "window_changes": dict(self.window_changes),
+            "lost_work": None if s is None else s.lost_work,
+            "overlap": None if s is None else s.overlap,
+            "decision_digest": f"{self.digest():08x}",
             "kv_usage": None if s is None else s.kv_usage,
             "hit_rate": None if s is None else s.hit_rate,
             "recompute_ratio": None if s is None else s.recompute_ratio,
@@ -203,7 +283,10 @@ class ConcurController:
 
     def _agent_status(self, a: Agent) -> Dict[str, Any]:
         led = self.ledger.agents.get(a.agent_id)
-        return {"state": a.state.value, "admissions": a.admissions, "last_seen": a.last_seen,
+        idle = None if a.idle_since is None else max(0.0, self.now - a.idle_since)
+        return {"state": a.state.value, "identified_by": "inferred" if is_inferred(a.agent_id) else "routing_key",
+                "admissions": a.admissions, "last_seen": a.last_seen, "idle_s": idle,
+                "p_return": self.p_return(a, self.now),
                 "cost": a.cost, "turns": led.turns if led else 0, "kv_tokens": self.resident.get(a.agent_id, 0),
                 "recomputed_tokens": led.recomputed if led else 0,
                 "context_cached": led.context_cached if led else 0}

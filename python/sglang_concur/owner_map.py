@@ -13,7 +13,9 @@ synchronisation), at three points named after the hooks that call them:
 
 `read()` runs the footprint kernel (`sglang_concur_kernels.footprint`: Triton on CUDA, the torch
 reference on CPU) once per control step.  On CUDA the result is copied to pinned host memory
-without blocking and consumed at the next control step (one interval old); on CPU it is immediate.
+without blocking and consumed at the next control step (one interval old): that step waits on the
+copy's event (long done by then), so every TP rank uses the same counts at the same step; on CPU
+it is immediate.
 Agent indices are recycled when an agent leaves the controller (its slots become FREE).
 """
 
@@ -107,7 +109,7 @@ class SlotOwnerMap:
     # --- read ---------------------------------------------------------------------------
     def read(self) -> Optional[Tuple[Dict[str, int], int]]:
         """(tokens per agent, shared tokens): on CPU now, on CUDA from the previous call (None the
-        first time, or while the copy is still in flight)."""
+        first time).  Never depends on how far a copy got: decisions read it on every TP rank."""
         n = len(self.index) and max(self.index.values()) + 1
         if self._counts is None or self._counts.numel() < n + 1:
             size = max(64, 2 * (n + 1))
@@ -117,15 +119,14 @@ class SlotOwnerMap:
         if self.device.type != "cuda":
             return self._decode(dict(self.index), counts)
         done = None
-        if self._pending is not None and self._event.query():
+        if self._pending is not None:
+            self._event.synchronize()  # launched a control interval ago: no stall in practice
             done = self._decode(*self._pending)
-            self._pending = None
-        if self._pending is None:  # launch the next copy; it lands by the next control step
-            host = self._host[: n + 1]
-            host.copy_(counts, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record()
-            self._pending = (dict(self.index), host)
+        host = self._host[: n + 1]  # launch the next copy; it is consumed at the next control step
+        host.copy_(counts, non_blocking=True)
+        self._event = torch.cuda.Event()
+        self._event.record()
+        self._pending = (dict(self.index), host)
         return done
 
     @staticmethod

@@ -1,59 +1,86 @@
 """The controller inside SGLang's scheduler process: glue between `Scheduler` and the pure parts.
 
-Hook points (all installed per instance, only when --concur-enable):
+Hook points (all installed per instance, only when the controller is on):
 - `Scheduler.get_new_batch_prefill`: the gate.  Requests of agents that are not active stay in
-  `waiting_queue` (so SGLang's queue metrics, limits and aborts still see them) but are hidden from
-  this one prefill pass.  Running requests are never touched.
-- `tree_cache.on_release`, `tree_cache.update_eviction_metrics`: the recompute ledger;
+  `waiting_queue` (so SGLang's queue metrics and aborts still see them) but are hidden from this
+  one prefill pass.  Running requests are never touched.  Requests whose grammar became ready join
+  the queue here first, so they pass the gate too.
+- `Scheduler._add_request_to_queue` / `Scheduler._abort_on_queued_limit`: a retracted request
+  keeps its agent in flight and is never dropped for a full queue; held requests do not count
+  against `--max-queued-requests` for an admitted agent's turn.
+- `Scheduler._poll_timeout_aborts`: the clock (`ipc.ConcurTick`) rides the polling rank's
+  broadcast, so every TP rank and pipeline stage sees the same time at the same step.
+- `tree_cache.on_release`, `tree_cache.update_eviction_metrics`: turn ends and the recompute ledger;
 - `tree_cache.checkpoint` and the KV allocator's `free`/`clear`: the device owner map
   (`owner_map.SlotOwnerMap`), read once per control step for per-agent KV footprints;
-- the request dispatcher: `ConcurControlReq` (status, end agent).
-Every decision reads only state that is identical on every TP rank (waiting queue, running batch,
-KV pool counts) and a clock broadcast from TP rank 0.
+- the request dispatcher: `ConcurControlReq` (status, end agent) and `ConcurTick`.
+Every decision reads only state that is identical on every TP rank at the same step: the waiting
+queue and running batch, KV pool counts, the broadcast clock, and device reads consumed at the
+control step after the one that launched them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from itertools import compress
+from itertools import compress, filterfalse
 from operator import attrgetter, not_
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Tuple
 
 from sglang_concur.config import ConcurConfig
 from sglang_concur.controller import ConcurController
-from sglang_concur.ipc import ConcurControlReq, ConcurControlReqOutput
+from sglang_concur.ipc import ConcurControlReq, ConcurControlReqOutput, ConcurTick
 from sglang_concur.owner_map import SlotOwnerMap
 
 logger = logging.getLogger("sglang_concur")
 _ROUTING_KEY = attrgetter("routing_key")
 _NO_AGENT = frozenset([None])
+_EMPTY: List[Any] = []
+TICK_S = 0.005  # clock resolution: the polling rank sends the time at most this often
 
 
 class SchedulerGate:
-    """Attached to one `Scheduler`; named after the hook it wraps."""
+    """Attached to one `Scheduler`; its methods are named after the hooks they replace."""
 
     def __init__(self, scheduler: Any, config: ConcurConfig) -> None:
-        self.scheduler = scheduler
-        self.clock = _make_clock(scheduler)
-        self.controller = ConcurController.create(config, self.clock(), scheduler.max_total_num_tokens)
-        self.metrics = _make_metrics(scheduler)
+        s = self.scheduler = scheduler
+        self.now = 0.0  # the broadcast clock (ConcurTick); 0 until the first tick
+        self._last_tick = float("-inf")
+        self.controller = ConcurController.create(config, self.now, s.max_total_num_tokens)
+        self.metrics = _make_metrics(s)
         self.inflight: Dict[str, int] = {}  # requests in flight per agent: +1 at admission, -1 at release
         self._epoch = 0  # bumped by every event that can change an admission decision
-        self._allowed: Set[Optional[str]] = set(_NO_AGENT)  # active agents, and None (requests without an agent)
+        self._allowed = set(_NO_AGENT)  # active agents, and None (requests without an agent)
+        self._held_agents: Any = set()  # agents whose requests the last decision held
         self._memo: Optional[tuple] = None  # (queue list, its length, its tail, held at its head, epoch) after a step
-        self._original_prefill = scheduler.get_new_batch_prefill
-        scheduler.get_new_batch_prefill = self.get_new_batch_prefill
-        tree = scheduler.tree_cache
+        self._idle_held = False  # the last pass left the engine idle while requests were held
+        self._last_pass = 0.0
+        self._original_prefill, s.get_new_batch_prefill = s.get_new_batch_prefill, self.get_new_batch_prefill
+        self._original_add, s._add_request_to_queue = s._add_request_to_queue, self.add_request_to_queue
+        self._original_queue_limit, s._abort_on_queued_limit = s._abort_on_queued_limit, self.abort_on_queued_limit
+        self._original_poll, s._poll_timeout_aborts = s._poll_timeout_aborts, self.poll_timeout_aborts
+        tree = s.tree_cache
         self._original_on_release, tree.on_release = tree.on_release, self.on_release
         self._original_eviction, tree.update_eviction_metrics = tree.update_eviction_metrics, self.update_eviction_metrics
-        self.owners = SlotOwnerMap.for_scheduler(scheduler)
+        self.owners = SlotOwnerMap.for_scheduler(s)
         if self.owners is not None:
             self._original_checkpoint, tree.checkpoint = tree.checkpoint, self.checkpoint
         from sglang.utils import TypeBasedDispatcher
 
-        scheduler._request_dispatcher += TypeBasedDispatcher([(ConcurControlReq, self.handle_control)])
+        s._request_dispatcher += TypeBasedDispatcher([(ConcurControlReq, self.handle_control), (ConcurTick, self.tick)])
         logger.info("concur enabled, %s", ", ".join(f"{k}={v}" for k, v in config.as_dict().items()))
+
+    # --- hook: Scheduler._poll_timeout_aborts (the polling rank only) ----------------------
+    def poll_timeout_aborts(self) -> List[Any]:
+        out = self._original_poll()
+        t = time.monotonic()
+        if t - self._last_tick >= TICK_S:
+            self._last_tick = t
+            out.append(ConcurTick(now=t))
+        return out
+
+    def tick(self, req: ConcurTick) -> None:
+        self.now = req.now
 
     # --- hook: Scheduler.get_new_batch_prefill -------------------------------------------
     def get_new_batch_prefill(self, running_batch):
@@ -61,40 +88,34 @@ class SchedulerGate:
         requests of active agents) and no event happened since, the last split is reused: O(new
         requests).  Otherwise the admission decision reruns (Python, O(queued agents)) and the
         queue is split with C-level passes (routing keys, set tests)."""
-        s, ctl = self.scheduler, self.controller
-        now = self.clock()
+        s, ctl, now = self.scheduler, self.controller, self.now
+        if self._idle_held:
+            ctl.interval.lost += now - self._last_pass
+        self._last_pass = now
+        grammar = s.grammar_manager
+        drained = grammar.has_waiting_grammars()
+        if drained:  # ready grammar requests join the queue before the split, so they pass the gate
+            for req in grammar.get_ready_grammar_requests():
+                s._add_request_to_queue(req)
         queue = s.waiting_queue
         if now >= ctl.next_control:
-            self._control_step(now, self._busy(running_batch), queue)
-        held: List[Any] = []
-        eligible = queue
-        if queue:
-            n_held = self._unchanged_split(queue)
-            if n_held is not None:
-                if n_held:
-                    held, eligible = queue[:n_held], queue[n_held:]
-            else:
-                keys = list(map(_ROUTING_KEY, queue))
-                wanting = dict.fromkeys(keys)
-                wanting.pop(None, None)
-                if wanting:
-                    self._decide(queue, wanting, now)
-                    allowed = self._allowed
-                    if not allowed.issuperset(wanting):
-                        mask = list(map(allowed.__contains__, keys))
-                        eligible = list(compress(queue, mask))
-                        held = list(compress(queue, map(not_, mask)))
+            self._control_step(now, running_batch, queue)
+        held, eligible = self._split(queue, now) if queue else (_EMPTY, queue)
         ctl.held = held  # counted at the control step, not here
-        if not held:
-            plan = self._original_prefill(running_batch)
-        else:  # hide the held requests from this one pass; they keep their place ahead of later arrivals
-            s.waiting_queue = eligible
-            try:
+        if drained:  # SGLang's own pass must not poll (and all-gather) the grammar queue a second time
+            grammar.has_waiting_grammars = _nothing
+        try:
+            if not held:
                 plan = self._original_prefill(running_batch)
-            finally:
-                s.waiting_queue = held + s.waiting_queue
-        q = s.waiting_queue
-        self._memo = (q, len(q), q[-1] if q else None, len(held), self._epoch)
+            else:  # hide the held requests from this one pass; they keep their place ahead of later arrivals
+                s.waiting_queue = eligible
+                try:
+                    plan = self._original_prefill(running_batch)
+                finally:
+                    s.waiting_queue = held + s.waiting_queue
+        finally:
+            if drained:
+                del grammar.has_waiting_grammars
         batch = plan.batch_to_run
         stats = getattr(batch, "prefill_stats", None) if batch is not None else None
         if stats is not None:
@@ -109,68 +130,138 @@ class SchedulerGate:
                     continue
                 r._concur_inflight = True
                 inflight[key] = inflight.get(key, 0) + 1
-                self._epoch += 1
                 if not getattr(r, "_concur_admitted", False):  # retracted requests come back: count once
                     r._concur_admitted = True
-                    ctl.turn_admitted(key, len(r.origin_input_ids), r.prefix_len)
-        elif held and batch is None and running_batch.is_empty():
+                    ctl.turn_admitted(key, len(r.origin_input_ids), r.prefix_len, now)
+        if ctl.may_pause():  # turn boundaries moved: the next pass decides again
+            self._epoch += 1
+        q = s.waiting_queue
+        self._memo = (q, len(q), q[-1] if q else None, len(held), self._epoch)
+        self._idle_held = bool(held) and batch is None and plan.running_batch.is_empty()
+        if self._idle_held:
             self._nap()
         return plan
 
-    def _unchanged_split(self, queue: List[Any]) -> Optional[int]:
-        """Held requests at the head of `queue` when the last split still holds, else None.  SGLang
-        appends arrivals at the end and removes requests anywhere (which changes the length or the
-        tail), or replaces the list; our own split puts held requests first."""
+    def _split(self, queue: List[Any], now: float) -> Tuple[List[Any], List[Any]]:
+        """(held, eligible) requests of `queue`.  Incremental: when the queue is the list the last
+        pass left (held requests at its head), possibly with arrivals appended, and no decision
+        changed since, only the arrivals are looked at; otherwise the admission decision reruns."""
         memo = self._memo
-        if memo is None or queue is not memo[0] or self._epoch != memo[4]:
-            return None
-        n, tail = memo[1], memo[2]
-        if len(queue) < n or (n and queue[n - 1] is not tail):
-            return None
-        if len(queue) > n:  # arrivals: fine when each is of an active agent (or none) and none may be paused
-            if self.controller.may_pause():
-                return None
-            allowed = self._allowed
-            for r in queue[n:]:
-                if r.routing_key is not None and r.routing_key not in allowed:
-                    return None
-        return memo[3]
+        if memo is not None and queue is memo[0] and self._epoch == memo[4]:
+            n, tail, n_held = memo[1], memo[2], memo[3]
+            if len(queue) >= n and (not n or queue[n - 1] is tail):
+                if len(queue) == n:
+                    return (queue[:n_held], queue[n_held:]) if n_held else (_EMPTY, queue)
+                arrivals = self._classify(queue[n:])
+                if arrivals is not None:
+                    held_new, eligible_new = arrivals
+                    if not n_held and not held_new:
+                        return _EMPTY, queue
+                    return queue[:n_held] + held_new, queue[n_held:n] + eligible_new
+        return self._decide(queue, now)
 
-    def _decide(self, queue: List[Any], wanting: Dict[str, None], now: float) -> None:
-        """The admission decision for the queued agents `wanting` (in queue order)."""
+    def _classify(self, arrivals: List[Any]) -> Optional[Tuple[List[Any], List[Any]]]:
+        """Arrivals under an unchanged decision: requests of active agents (or none) run, those of
+        agents already held wait; a new claim (or a possible pause) needs a decision: None."""
         ctl = self.controller
-        if ctl.budgets_tokens:  # price new agents by their queued prompt
-            pending = ctl.pending_prompt
-            for r in queue:
-                if r.routing_key is not None and r.routing_key not in pending:
-                    pending[r.routing_key] = len(r.origin_input_ids)
-        self._allowed = ctl.admit(wanting, self.inflight, now) | _NO_AGENT
+        if ctl.may_pause():
+            return None
+        allowed, held_agents = self._allowed, self._held_agents
+        held: List[Any] = []
+        eligible: List[Any] = []
+        for r in arrivals:
+            key = r.routing_key
+            if key in allowed:
+                eligible.append(r)
+            elif key in held_agents:
+                held.append(r)
+            elif held_agents and ctl.must_wait(key, self.now):  # a new agent behind held ones, too large to fit
+                held_agents.add(key)
+                held.append(r)
+            else:
+                return None
+        return held, eligible
 
-    def _busy(self, running_batch) -> Set[str]:
-        """Exact agents in flight, from the running batch; also resyncs the event-kept counts."""
+    def _decide(self, queue: List[Any], now: float) -> Tuple[List[Any], List[Any]]:
+        """The admission decision over the queued agents (in queue order): only claims (agents not
+        active) are looked at, unless an active agent may be paused at its turn boundary."""
+        ctl = self.controller
+        keys = list(map(_ROUTING_KEY, queue))
+        wanting = dict.fromkeys(keys)
+        wanting.pop(None, None)
+        if not wanting:
+            self._allowed, self._held_agents = set(_NO_AGENT), set()
+            return _EMPTY, queue
+        active = ctl.table.active
+        deciding = wanting if ctl.may_pause() else list(filterfalse(active.__contains__, wanting))
+        if deciding:
+            ctl.admit(deciding, self.inflight, now)
+        allowed = self._allowed = set(active)
+        allowed.add(None)
+        if allowed.issuperset(wanting):
+            self._held_agents = set()
+            return _EMPTY, queue
+        self._held_agents = wanting.keys() - allowed
+        mask = list(map(allowed.__contains__, keys))
+        return list(compress(queue, map(not_, mask))), list(compress(queue, mask))
+
+    def _busy(self, running_batch, queue: List[Any]) -> Dict[str, int]:
+        """Exact requests in flight per agent, in running order: the running batch, the chunked
+        request, and retracted requests back in the queue.  Resyncs the event-kept counts; an
+        agent that dropped out (its request was aborted) has ended its turn."""
         reqs = list(running_batch.reqs)
         if self.scheduler.chunked_req is not None:
             reqs.append(self.scheduler.chunked_req)
+        reqs += [r for r in queue if getattr(r, "_concur_inflight", False)]
         inflight: Dict[str, int] = {}
         for r in reqs:
             if r.routing_key is not None:
                 r._concur_inflight = True
                 inflight[r.routing_key] = inflight.get(r.routing_key, 0) + 1
+        for key in self.inflight:
+            if key not in inflight:
+                self.controller.turn_ended(key, self.now)
         self.inflight = inflight
-        return set(inflight)
+        return inflight
+
+    # --- hooks: Scheduler._add_request_to_queue / _abort_on_queued_limit ------------------
+    def add_request_to_queue(self, req, is_retracted: bool = False):
+        key = req.routing_key
+        if is_retracted and getattr(req, "_concur_inflight", False):
+            req._concur_retracted = True  # still in flight for its agent: not a turn boundary
+        elif key is not None and key not in self.inflight:
+            ctl = self.controller
+            ctl.request_arrived(key, len(req.origin_input_ids), self.now)
+            if ctl.may_pause():
+                self._epoch += 1
+        return self._original_add(req, is_retracted=is_retracted)
+
+    def abort_on_queued_limit(self, req) -> bool:
+        s = self.scheduler
+        limit = s.max_queued_requests
+        if limit is not None and len(s.waiting_queue) + 1 > limit:
+            if getattr(req, "_concur_retracted", False):
+                return False  # never drop a request that already ran
+            allowed = self._allowed
+            if req.routing_key in allowed:  # an admitted agent's turn (or no agent): held ones do not count
+                held = sum(1 for r in s.waiting_queue if r.routing_key not in allowed)
+                if len(s.waiting_queue) - held + 1 <= limit:
+                    return False
+        return self._original_queue_limit(req)
 
     # --- hooks: tree_cache.on_release / tree_cache.update_eviction_metrics (this instance) -----
     def on_release(self, req, *, checkpointed: bool) -> None:
-        if getattr(req, "_concur_inflight", False):
+        key = req.routing_key
+        if checkpointed and key is not None:
+            self.controller.ledger.turn_finished(key, req.owned_kv_len())
+        if getattr(req, "_concur_inflight", False) and req.finished():  # (a retracted request is not finished)
             req._concur_inflight = False
-            self._epoch += 1
-            n = self.inflight.get(req.routing_key, 0) - 1
+            n = self.inflight.get(key, 0) - 1
             if n > 0:
-                self.inflight[req.routing_key] = n
+                self.inflight[key] = n
             else:
-                self.inflight.pop(req.routing_key, None)
-        if checkpointed and req.routing_key is not None:
-            self.controller.ledger.turn_finished(req.routing_key, req.owned_kv_len())
+                self.inflight.pop(key, None)
+                self.controller.turn_ended(key, self.now)
         return self._original_on_release(req, checkpointed=checkpointed)
 
     def checkpoint(self, req, *, up_to: int, **kwargs):
@@ -181,14 +272,15 @@ class SchedulerGate:
         self.controller.ledger.evicted(num_evicted)
         return self._original_eviction(num_evicted, start_time)
 
-    def _control_step(self, now: float, busy: Set[str], queue: List[Any]) -> None:
+    def _control_step(self, now: float, running_batch, queue: List[Any]) -> None:
         s, ctl = self.scheduler, self.controller
         self._epoch += 1
         usage = s.pool_stats_observer.get_pool_stats().get_max_pool_usage()
-        queued = set(map(_ROUTING_KEY, queue))
-        queued.discard(None)
+        busy = self._busy(running_batch, queue)
+        queued = dict.fromkeys(map(_ROUTING_KEY, queue))
+        queued.pop(None, None)
         if self.owners is not None:
-            self.owners.retain(ctl.table.agents.keys())
+            self.owners.retain(ctl.table.agents)
             measured = self.owners.read()
             if measured is not None:
                 ctl.resident, ctl.resident_shared = measured
@@ -198,8 +290,8 @@ class SchedulerGate:
             hit = "none" if sig.hit_rate is None else f"{sig.hit_rate:.3f}"
             logger.info(
                 f"concur window change, old={changed[0]}, new={changed[1]}, policy={ctl.policy.name}, "
-                f"kv_usage={sig.kv_usage:.3f}, hit_rate={hit}, active={c.active}, paused={c.paused}, "
-                f"waiting={c.waiting}"
+                f"kv_usage={sig.kv_usage:.3f}, hit_rate={hit}, lost_work={sig.lost_work:.3f}, active={c.active}, "
+                f"paused={c.paused}, waiting={c.waiting}, digest={ctl.digest():08x}"
             )
         if self.metrics is not None:
             self.metrics.observe(ctl, changed)
@@ -216,34 +308,30 @@ class SchedulerGate:
     def handle_control(self, req: ConcurControlReq) -> ConcurControlReqOutput:
         ctl = self.controller
         if req.op == "end":
-            ended = ctl.end(req.agent_id)
+            ended = ctl.end(req.agent_id, self.inflight.get(req.agent_id, 0))
             self._epoch += 1
             result = {"agent_id": req.agent_id, "ended": ended}
         elif req.op == "status":
             result = ctl.status()
+            result["decision_digests"] = self._gather_digests(result["decision_digest"])
         else:
             result = {"error": f"unknown op {req.op!r}"}
         return ConcurControlReqOutput(result=result)
 
+    def _gather_digests(self, mine: str) -> List[str]:
+        """Every TP rank's decision digest at this same step (all ranks handle this request together)."""
+        s = self.scheduler
+        if getattr(s, "tp_size", 1) <= 1:
+            return [mine]
+        import torch.distributed as dist
 
-def _make_clock(scheduler: Any) -> Callable[[], float]:
-    """Monotonic seconds, identical on every TP rank (rank 0's clock, broadcast) when TP > 1."""
-    group = getattr(scheduler, "tp_cpu_group", None)
-    tp_size = getattr(scheduler, "tp_size", 1)
-    if group is None or tp_size <= 1:
-        return time.monotonic
-    import torch
-    import torch.distributed as dist
+        out: List[Any] = [None] * dist.get_world_size(group=s.tp_cpu_group)
+        dist.all_gather_object(out, mine, group=s.tp_cpu_group)
+        return out
 
-    buf = torch.zeros(1, dtype=torch.float64)
-    src = dist.get_global_rank(group, 0)
 
-    def clock() -> float:
-        buf[0] = time.monotonic()
-        dist.broadcast(buf, src=src, group=group)
-        return float(buf[0])
-
-    return clock
+def _nothing() -> bool:
+    return False
 
 
 class _Metrics:
@@ -263,6 +351,8 @@ class _Metrics:
         self.held = gauge("sglang:concur_held_requests", "Queued requests held back by the gate.")
         self.kv_usage = gauge("sglang:concur_kv_usage", "KV usage of running requests at the last control step.")
         self.hit_rate = gauge("sglang:concur_hit_rate", "Prefix hit rate over the last control interval.")
+        self.lost_work = gauge("sglang:concur_lost_work", "Share of the last control interval the engine idled "
+                                                          "while the gate held requests.")
         self.changes = Counter("sglang:concur_window_changes", "Window changes.", labelnames=names + ["direction"])
         self.evicted = Counter("sglang:concur_evicted_tokens", "Tokens evicted from the radix cache.", labelnames=names)
         self.recomputed = Counter("sglang:concur_recomputed_tokens",
@@ -281,6 +371,7 @@ class _Metrics:
         self.held.labels(**lab).set(len(ctl.held))
         sig = ctl.last_signals
         self.kv_usage.labels(**lab).set(sig.kv_usage)
+        self.lost_work.labels(**lab).set(sig.lost_work)
         if sig.hit_rate is not None:
             self.hit_rate.labels(**lab).set(sig.hit_rate)
         for kind, n in ctl.kv_tokens().items():
@@ -301,7 +392,10 @@ def _make_metrics(scheduler: Any) -> Optional[_Metrics]:
 
 
 def attach(scheduler: Any) -> None:
-    """After `Scheduler.__init__`: attach the gate when the server was started with --concur-enable."""
-    config = getattr(scheduler.server_args, "_concur_config", None)
-    if config is not None and config.concur_enable:
+    """After `Scheduler.__init__`: attach the gate when the controller is on (the configuration
+    resolved in the launching process rides on ServerArgs; else this process's environment)."""
+    from sglang_concur.server_hook import config_of
+
+    config = config_of(scheduler.server_args)
+    if config.concur_enable:
         scheduler.concur_gate = SchedulerGate(scheduler, config)

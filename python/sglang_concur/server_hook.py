@@ -1,31 +1,50 @@
-"""Glue in SGLang's main process: flags, `sglang.Engine` keywords and methods, HTTP routes.
+"""Glue in SGLang's main process: configuration, `sglang.Engine` keywords and methods, HTTP routes,
+and the front door every request passes before it reaches a scheduler.
 
 Hook points:
-- `ServerArgs.add_cli_args` / `ServerArgs.from_cli_args`: the `--concur-*` flags.  The parsed
-  `ConcurConfig` rides on the ServerArgs record as bookkeeping (`_concur_config`), which SGLang
-  pickles into every scheduler process.
+- `ServerArgs.add_cli_args` / `ServerArgs.from_cli_args`: the `--concur-*` flags.
 - `Engine.server_args_class` / `Engine.generate` / `Engine.async_generate`: `concur_*` keywords and a
-  `routing_key=` keyword (the agent id).
-- `http_server.launch_server`: the `/concur/*` routes, only with --concur-enable.
-- `TokenizerManager.generate_request`: refuses malformed agent ids, only with --concur-enable.
+  `routing_key=` keyword (one agent id, or one per prompt of a batch).
+- `Engine._launch_subprocesses`: every launch path (CLI server, `http_server.launch_server` with a
+  `ServerArgs` built in Python as slime does, `sglang.Engine`, verl's direct call) resolves the
+  configuration here: flags and keywords over `SGLANG_CONCUR_*`.  The result rides on the ServerArgs
+  record as bookkeeping (`_concur_config`), which SGLang pickles into every scheduler process.
+- `http_server.launch_server`: the `/concur/*` routes; a bad value stops start-up with one line.
+- `TokenizerManager.generate_request`: the agent id from the body or the `X-SMG-Routing-Key` header
+  (any endpoint, native `/generate` included), validated.
+- `GenerateReqInput.__getitem__`: every part of a batch (and of `n>1`) keeps its routing key.
+- `TokenizerManager._dispatch_to_scheduler` / `_handle_batch_output`: agent inference for requests
+  without an id (`agents.ContextIndex`) and, with `--dp-size > 1`, every request of an agent to one
+  DP rank (a stable hash of its id).
 """
 
 from __future__ import annotations
 
 import contextvars
+import hashlib
+import os
+import time
 from typing import Any, Dict, List, Optional
 
-from sglang_concur.config import ConcurConfig, ConcurConfigError, add_cli_args, check_agent_id, from_namespace, pop_kwargs
+from sglang_concur.agents import ContextIndex
+from sglang_concur.config import (
+    ConcurConfig, ConcurConfigError, add_cli_args, check_agent_id, given_in_namespace, pop_kwargs, resolve,
+)
 
-_enabled = False  # set in this process once a server or Engine starts with --concur-enable
-_engine_routing_key: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("concur_routing_key", default=None)
+_engine_routing_key: contextvars.ContextVar[Any] = contextvars.ContextVar("concur_routing_key", default=None)
 
 
-def _attach(server_args: Any, config: ConcurConfig) -> Any:
-    global _enabled
-    if config.concur_enable:
-        server_args._concur_config = config
-        _enabled = True
+def config_of(server_args: Any) -> ConcurConfig:
+    """The configuration this server runs with: resolved once at launch, else from the environment."""
+    cfg = getattr(server_args, "_concur_config", None)
+    if cfg is None:
+        cfg = resolve({}, os.environ)
+        server_args._concur_config = cfg
+    return cfg
+
+
+def _attach(server_args: Any, given: Dict[str, Any]) -> Any:
+    server_args._concur_config = resolve(given, os.environ)
     return server_args
 
 
@@ -37,11 +56,12 @@ def add_cli_args_after(result, parser):
 
 # --- hook: ServerArgs.from_cli_args (AROUND) ---------------------------------------------
 def from_cli_args_around(original, cls, args):
+    given = given_in_namespace(args)
+    server_args = original(cls, args)
     try:
-        config = from_namespace(args)
+        return _attach(server_args, given)
     except ConcurConfigError as e:
         raise SystemExit(f"sglang-concur: error: {e}") from None
-    return _attach(original(cls, args), config)
 
 
 # --- extension point: Engine.server_args_class --------------------------------------------
@@ -51,12 +71,34 @@ def engine_server_args(**kwargs):
     first Engine of a process, which a hook on `__init__` itself would miss.)"""
     from sglang.srt.server_args import ServerArgs
 
-    config = pop_kwargs(kwargs)
-    return _attach(ServerArgs(**kwargs), config)
+    given = pop_kwargs(kwargs)
+    resolve(given, os.environ)  # refuse bad values before anything starts
+    return _attach(ServerArgs(**kwargs), given)
+
+
+# --- hook: Engine._launch_subprocesses (AROUND): every launch path --------------------------
+def launch_subprocesses_around(original, cls, server_args, *args, **kwargs):
+    global _front
+    cfg = config_of(server_args)
+    _front = FrontDoor(cfg, int(getattr(server_args, "dp_size", 1) or 1)) if cfg.concur_enable else None
+    if _front is not None:
+        add_routes()
+    return original(cls, server_args, *args, **kwargs)
+
+
+# --- hook: http_server.launch_server (AROUND) --------------------------------------------
+def launch_server_around(original, server_args, *args, **kwargs):
+    try:
+        cfg = config_of(server_args)
+    except ConcurConfigError as e:
+        raise SystemExit(f"sglang-concur: error: {e}") from None
+    if cfg.concur_enable:
+        add_routes()
+    return original(server_args, *args, **kwargs)
 
 
 # --- hook: Engine.generate / Engine.async_generate (AROUND) ------------------------------
-def engine_generate_around(original, self, *args, routing_key: Optional[str] = None, **kwargs):
+def engine_generate_around(original, self, *args, routing_key: Any = None, **kwargs):
     token = _engine_routing_key.set(routing_key)
     try:
         return original(self, *args, **kwargs)
@@ -64,7 +106,7 @@ def engine_generate_around(original, self, *args, routing_key: Optional[str] = N
         _engine_routing_key.reset(token)
 
 
-async def engine_async_generate_around(original, self, *args, routing_key: Optional[str] = None, **kwargs):
+async def engine_async_generate_around(original, self, *args, routing_key: Any = None, **kwargs):
     token = _engine_routing_key.set(routing_key)
     try:
         return await original(self, *args, **kwargs)
@@ -72,16 +114,124 @@ async def engine_async_generate_around(original, self, *args, routing_key: Optio
         _engine_routing_key.reset(token)
 
 
+# --- the front door: identity, validation, inference, DP placement --------------------------
+class FrontDoor:
+    """The controller's part of the tokenizer process (one per launched server)."""
+
+    def __init__(self, config: ConcurConfig, dp_size: int) -> None:
+        self.config = config
+        self.dp_size = dp_size
+        self.index = ContextIndex() if config.concur_agent_id == "auto" else None
+        self._next_expiry = 0.0
+
+    def accept(self, obj: Any, request: Any) -> None:
+        """The agent id of an incoming GenerateReqInput: the body's routing_key, else the
+        X-SMG-Routing-Key header; validated (one key, or one per prompt of a batch)."""
+        key = obj.routing_key
+        if key is None and request is not None and (header := request.headers.get("x-smg-routing-key")):
+            key = obj.routing_key = header
+        if isinstance(key, (list, tuple)):
+            n = _batch_size(obj)
+            if len(key) != n:
+                raise ValueError(f"routing_key has {len(key)} agent ids for a batch of {n} prompts")
+            for k in key:
+                if (err := check_agent_id(k)) is not None:
+                    raise ValueError(err)
+            if n == 1 and _is_single(obj):
+                obj.routing_key = key[0]
+        elif key is not None and (err := check_agent_id(key)) is not None:
+            raise ValueError(err)
+
+    def dispatch(self, tokenized: Any) -> None:
+        """Before a tokenized generate request leaves for the schedulers: infer its agent when it
+        has no id (`auto`), and pin the agent to one DP rank."""
+        if self.index is not None and tokenized.routing_key is None and tokenized.input_ids is not None \
+                and getattr(tokenized.sampling_params, "max_new_tokens", None) != 0 and not _is_health_check(tokenized):
+            now = time.monotonic()
+            tokenized.routing_key = self.index.assign(tokenized.rid, tokenized.input_ids, now)
+            if now >= self._next_expiry:
+                self._next_expiry = now + 1.0
+                self.index.expire(now, self.config.concur_idle_timeout)
+        if self.dp_size > 1 and tokenized.routing_key is not None and tokenized.routed_dp_rank is None:
+            tokenized.routed_dp_rank = dp_rank(tokenized.routing_key, self.dp_size)
+
+    def watched(self, rids: List[str]) -> List[str]:
+        index = self.index
+        return [] if index is None or not index.pending else [r for r in rids if r in index.pending]
+
+    def finished(self, rid: str, output_ids: List[int], completed: bool) -> None:
+        self.index.finished(rid, output_ids, time.monotonic(), completed)
+
+
+_front: Optional[FrontDoor] = None  # set when a server or Engine launches with the controller on
+
+
+def dp_rank(agent_id: str, dp_size: int) -> int:
+    """The DP rank that serves `agent_id`: a stable hash (the same in every process and run)."""
+    return int.from_bytes(hashlib.blake2b(agent_id.encode(), digest_size=8).digest(), "little") % dp_size
+
+
+def _is_health_check(tokenized: Any) -> bool:
+    from sglang.srt.managers.utils import is_health_check_generate_req
+
+    return is_health_check_generate_req(tokenized)
+
+
+def _batch_size(obj: Any) -> int:
+    for field in (obj.text, obj.input_ids):
+        if isinstance(field, list) and field and (field is obj.text or isinstance(field[0], list)):
+            return len(field)
+    return 1
+
+
+def _is_single(obj: Any) -> bool:
+    return not isinstance(obj.text, list) and not (isinstance(obj.input_ids, list) and obj.input_ids
+                                                    and isinstance(obj.input_ids[0], list))
+
+
 # --- hook: TokenizerManager.generate_request (AROUND) ------------------------------------
 def generate_request_around(original, self, obj, request=None, *args, **kwargs):
     key = _engine_routing_key.get()
     if key is not None and getattr(obj, "routing_key", None) is None:
         obj.routing_key = key
-    if _enabled:
-        rk = getattr(obj, "routing_key", None)
-        if rk is not None and (err := check_agent_id(rk)) is not None:
-            raise ValueError(err)
+    if _front is not None and hasattr(obj, "routing_key") and hasattr(obj, "sampling_params"):
+        _front.accept(obj, request)
     return original(self, obj, request, *args, **kwargs)
+
+
+# --- hook: GenerateReqInput.__getitem__ (AFTER): a batch's parts keep their routing keys ------
+def getitem_after(result, self, i):
+    key = getattr(self, "routing_key", None)
+    if _front is not None and key is not None and getattr(result, "routing_key", None) is None:
+        result.routing_key = key[i] if isinstance(key, (list, tuple)) else key
+    return result
+
+
+# --- hooks: TokenizerManager._dispatch_to_scheduler / _handle_batch_output (AROUND) ----------
+def dispatch_around(original, self, obj):
+    if _front is not None:
+        from sglang.srt.managers.io_struct import BatchTokenizedGenerateReqInput, TokenizedGenerateReqInput
+
+        if isinstance(obj, TokenizedGenerateReqInput):
+            _front.dispatch(obj)
+        elif isinstance(obj, BatchTokenizedGenerateReqInput):
+            for t in obj.batch:
+                _front.dispatch(t)
+    return original(self, obj)
+
+
+async def handle_batch_output_around(original, self, recv_obj):
+    watched = _front.watched(getattr(recv_obj, "rids", None) or []) if _front is not None else []
+    if not watched:
+        return await original(self, recv_obj)
+    reasons = dict(zip(recv_obj.rids, recv_obj.finished_reasons))
+    states = {rid: self.rid_to_state.get(rid) for rid in watched if reasons.get(rid) is not None}
+    out = await original(self, recv_obj)
+    for rid, state in states.items():
+        reason = reasons[rid] or {}
+        completed = reason.get("type") != "abort" and state is not None
+        _front.finished(rid, list(state.output_ids) if completed else [], completed)
+    return out
 
 
 # --- Engine methods ----------------------------------------------------------------------
@@ -97,8 +247,7 @@ def _control(tokenizer_manager, op: str, agent_id: Optional[str] = None) -> List
 
 
 def _require_enabled(engine) -> None:
-    cfg = getattr(engine.server_args, "_concur_config", None)
-    if cfg is None or not cfg.concur_enable:
+    if not config_of(engine.server_args).concur_enable:
         raise RuntimeError("sglang-concur is not enabled on this Engine (pass concur_enable=True)")
 
 
@@ -126,14 +275,6 @@ def engine_concur_end_agent(self, agent_id: str) -> bool:
 
 engine_concur_status.__doc__ = engine_async_concur_status.__doc__
 engine_concur_end_agent.__doc__ = engine_async_concur_end_agent.__doc__
-
-
-# --- hook: http_server.launch_server (AROUND) --------------------------------------------
-def launch_server_around(original, server_args, *args, **kwargs):
-    cfg = getattr(server_args, "_concur_config", None)
-    if cfg is not None and cfg.concur_enable:
-        add_routes()
-    return original(server_args, *args, **kwargs)
 
 
 def add_routes() -> None:

@@ -1,9 +1,9 @@
 """Closed-loop agent driver: replays an agent trace against SGLang and measures the batch.
 
 Each agent sends its whole history every turn (prefix + task + earlier replies and observations),
-waits for the reply, sleeps the tool latency, appends observation tokens and goes again.  Targets:
-native HTTP `/generate`, OpenAI `/v1/completions` (routing key in `x-smg-routing-key`), or an
-in-process `sglang.Engine`.  With CONCUR on the server, each agent is ended after its last turn.
+waits for the reply, sleeps the tool latency, appends observation tokens and goes again.  The
+client mode says how it talks, as the frameworks that drive agents do (see CLIENTS); the target is
+an HTTP server or an in-process `sglang.Engine` (routing key and end call).
 """
 
 from __future__ import annotations
@@ -15,22 +15,33 @@ import json
 import random
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from sglang_concur.bench.trace import AgentTrace, summary
 
-TARGETS = ("http", "openai", "engine")
+TARGETS = ("http", "engine")
+CLIENTS = {  # how a client names its agents and ends them
+    "routing-key-end": "native /generate with routing_key in the body, POST /concur/agents/{id}/end after the last turn",
+    "routing-key": "native /generate with routing_key in the body, no end call",
+    "header": "native /generate, the id only in the X-SMG-Routing-Key header, a fresh rid per turn, no end call (slime)",
+    "anonymous": "native /generate with input_ids, no id, a fresh rid per turn, no end call (verl, AReaL)",
+    "openai": "/v1/chat/completions through the openai package, the id in the X-SMG-Routing-Key header, no end call",
+}
 
 
 @dataclass(frozen=True)
 class RunConfig:
     label: str = "run"
-    target: str = "http"  # http | openai | engine
-    url: Optional[str] = None  # server base address (http, openai)
+    target: str = "http"  # http | engine
+    client: str = "routing-key-end"  # one of CLIENTS (http target)
+    url: Optional[str] = None  # server base address (http)
     agent_cap: Optional[int] = None  # client-side cap on agents in flight (whole agents), None = no cap
+    client_cap: Optional[int] = None  # a framework's own trajectory cap (like slime's semaphore); min with agent_cap
+    tokenizer: Optional[str] = None  # tokenizer path for the openai client (turns token counts into text)
     arrival_rate: Optional[float] = None  # Poisson agent arrivals per second; None = all at t=0
     arrival_seed: int = 0
     max_retries: int = 4  # extra attempts per turn after a failure
@@ -41,15 +52,20 @@ class RunConfig:
     token_hi: int = 500
     sample_interval_s: float = 1.0
     progress: bool = True
-    model: str = "default"  # `model` field for the OpenAI target
+    model: str = "default"  # `model` field for the openai client
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.client not in CLIENTS:
+            raise ValueError(f"client must be one of {', '.join(CLIENTS)}, got {self.client!r}")
         if self.target != "engine" and not self.url:
             raise ValueError(f"target {self.target!r} needs url")
-        if self.agent_cap is not None and self.agent_cap < 1:
-            raise ValueError(f"agent_cap must be >= 1, got {self.agent_cap}")
+        if self.client == "openai" and not self.tokenizer:
+            raise ValueError("client 'openai' needs tokenizer (a model directory)")
+        for name in ("agent_cap", "client_cap"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.token_lo < self.token_hi:
             raise ValueError("need 0 <= token_lo < token_hi")
 
@@ -91,13 +107,30 @@ def token_ids(key: str, n: int, lo: int = 10, hi: int = 500) -> List[int]:
 
 
 # --- targets -----------------------------------------------------------------------------
+@dataclass
+class Reply:
+    segment: Any  # what the agent appends to its history: output ids, or the reply's text (openai)
+    output_tokens: int
+    prompt_tokens: int
+    cached_tokens: int
+
+
+Segments = List[Tuple[str, Any]]  # (role, ids) history: system prefix, user task, assistant/user turns
+
+
+def flat(segments: Segments) -> List[int]:
+    out: List[int] = []
+    for _, part in segments:
+        out += part
+    return out
+
+
 class _Target:
     has_concur = False
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
-    async def generate(self, agent_id: str, ids: List[int], n: int) -> tuple[List[int], int, int]:
-        """-> (output ids, prompt_tokens, cached_tokens)."""
+    async def generate(self, agent_id: str, history: Segments, n: int) -> Reply:
         raise NotImplementedError
 
     async def end_agent(self, agent_id: str) -> None: ...
@@ -107,6 +140,8 @@ class _Target:
 
 
 class _HttpTarget(_Target):
+    """Native `/generate` with token ids; the client mode decides how the agent is named."""
+
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg, self.url = cfg, cfg.url.rstrip("/")
         self.has_metrics = False
@@ -144,19 +179,28 @@ class _HttpTarget(_Target):
         except asyncio.TimeoutError:
             raise TurnFailed(f"timeout after {self.cfg.request_timeout_s}s on {path}") from None
 
-    async def generate(self, agent_id: str, ids: List[int], n: int) -> tuple[List[int], int, int]:
-        body = {"input_ids": ids, "routing_key": agent_id,
-                "sampling_params": {"max_new_tokens": n, "temperature": 0, "ignore_eos": True}}
-        d = await self._post("/generate", body)
+    async def generate(self, agent_id: str, history: Segments, n: int) -> Reply:
+        body: Dict[str, Any] = {"input_ids": flat(history),
+                                "sampling_params": {"max_new_tokens": n, "temperature": 0, "ignore_eos": True}}
+        headers = None
+        client = self.cfg.client
+        if client in ("routing-key-end", "routing-key"):
+            body["routing_key"] = agent_id
+        else:
+            body["rid"] = uuid.uuid4().hex  # a fresh request id per turn, as slime, verl and AReaL send
+            if client == "header":
+                headers = {"X-SMG-Routing-Key": agent_id}
+        d = await self._post("/generate", body, headers)
         m = d["meta_info"]
-        return list(d["output_ids"]), int(m["prompt_tokens"]), int(m.get("cached_tokens") or 0)
+        out = list(d["output_ids"])
+        return Reply(out, len(out), int(m["prompt_tokens"]), int(m.get("cached_tokens") or 0))
 
     async def end_agent(self, agent_id: str) -> None:
-        if self.has_concur:
+        if self.has_concur and self.cfg.client == "routing-key-end":
             try:
                 await self._post(f"/concur/agents/{agent_id}/end", {})
             except TurnFailed:
-                pass  # the server's idle timeout frees the slot anyway
+                pass  # the server notices the agent is gone anyway
 
     async def probe(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
@@ -164,23 +208,55 @@ class _HttpTarget(_Target):
             out = {"kv_usage": _metric(text, "sglang:token_usage", mean=True),
                    "window": _metric(text, "sglang:concur_window"),
                    "active_agents": _metric(text, "sglang:concur_active_agents"),
-                   "running_requests": _metric(text, "sglang:num_running_reqs")}
+                   "running_requests": _metric(text, "sglang:num_running_reqs"),
+                   "lost_work": _metric(text, "sglang:concur_lost_work", mean=True)}
         if self.has_concur and out.get("window") is None and (st := await self._get("/concur/status")):
             r0 = st["ranks"][0]
-            out.update(window=r0.get("window"), active_agents=r0.get("active_agents"))
+            out.update(window=r0.get("window"), active_agents=r0.get("active_agents"), lost_work=r0.get("lost_work"))
             if out.get("kv_usage") is None:
                 out["kv_usage"] = r0.get("kv_usage")
         return out
 
 
-class _OpenAITarget(_HttpTarget):
-    async def generate(self, agent_id: str, ids: List[int], n: int) -> tuple[List[int], int, int]:
-        body = {"model": self.cfg.model, "prompt": ids, "max_tokens": n, "temperature": 0, "ignore_eos": True,
-                "return_token_ids": True}
-        d = await self._post("/v1/completions", body, headers={"x-smg-routing-key": agent_id})
-        u = d.get("usage") or {}
-        cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0  # needs --enable-cache-report
-        return list(d["choices"][0].get("token_ids") or []), int(u.get("prompt_tokens", len(ids))), int(cached)
+class _OpenAIChatTarget(_HttpTarget):
+    """`/v1/chat/completions` through the `openai` package, the agent id in the X-SMG-Routing-Key
+    header: token ids become text with the model's tokenizer (the server re-tokenizes it)."""
+
+    async def start(self) -> None:
+        await super().start()
+        import openai
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(self.cfg.tokenizer)
+        self.openai = openai
+        self.client = openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0,
+                                         timeout=self.cfg.request_timeout_s)
+        self.vocab = len(self.tok)
+
+    async def close(self) -> None:
+        await self.client.close()
+        await super().close()
+
+    def _text(self, part: Any) -> str:
+        if isinstance(part, str):
+            return part
+        return self.tok.decode([3 + t % (self.vocab - 3) for t in part], skip_special_tokens=True)
+
+    async def generate(self, agent_id: str, history: Segments, n: int) -> Reply:
+        messages = [{"role": role, "content": self._text(part)} for role, part in history]
+        try:
+            r = await self.client.chat.completions.create(
+                model=self.cfg.model, messages=messages, max_tokens=n, temperature=0,
+                extra_body={"ignore_eos": True}, extra_headers={"X-SMG-Routing-Key": agent_id})
+        except self.openai.APIStatusError as e:
+            raise TurnFailed(f"HTTP {e.status_code} from /v1/chat/completions: {str(e)[:300]}",
+                             retryable=e.status_code >= 500 or e.status_code in (408, 429)) from None
+        except (self.openai.APIConnectionError, self.openai.APITimeoutError) as e:
+            raise TurnFailed(f"{type(e).__name__}: {e}") from None
+        u = r.usage
+        details = getattr(u, "prompt_tokens_details", None)
+        cached = int(getattr(details, "cached_tokens", 0) or 0)  # needs --enable-cache-report
+        return Reply(r.choices[0].message.content or "", int(u.completion_tokens), int(u.prompt_tokens), cached)
 
 
 class _EngineTarget(_Target):
@@ -191,15 +267,16 @@ class _EngineTarget(_Target):
         cfg = getattr(engine.server_args, "_concur_config", None)
         self.has_concur = bool(cfg is not None and cfg.concur_enable)
 
-    async def generate(self, agent_id: str, ids: List[int], n: int) -> tuple[List[int], int, int]:
+    async def generate(self, agent_id: str, history: Segments, n: int) -> Reply:
         try:
             d = await self.engine.async_generate(
-                input_ids=ids, routing_key=agent_id,
+                input_ids=flat(history), routing_key=agent_id,
                 sampling_params={"max_new_tokens": n, "temperature": 0, "ignore_eos": True})
         except (ValueError, RuntimeError) as e:
             raise TurnFailed(f"{type(e).__name__}: {e}", retryable=False) from None
         m = d["meta_info"]
-        return list(d["output_ids"]), int(m["prompt_tokens"]), int(m.get("cached_tokens") or 0)
+        out = list(d["output_ids"])
+        return Reply(out, len(out), int(m["prompt_tokens"]), int(m.get("cached_tokens") or 0))
 
     async def end_agent(self, agent_id: str) -> None:
         if self.has_concur:
@@ -239,12 +316,11 @@ class _Run:
         key = msg.split(":")[0][:80]
         self.errors[key] = self.errors.get(key, 0) + 1
 
-    async def turn(self, agent_id: str, ids: List[int], n: int) -> tuple[List[int], int, int, int]:
+    async def turn(self, agent_id: str, history: Segments, n: int) -> Tuple[Reply, int]:
         delay = self.cfg.retry_backoff_s
         for attempt in range(1, self.cfg.max_retries + 2):
             try:
-                out, prompt, cached = await self.target.generate(agent_id, ids, n)
-                return out, prompt, cached, attempt
+                return await self.target.generate(agent_id, history, n), attempt
             except TurnFailed as e:
                 self.failed_attempts += 1
                 self.note_error(str(e))
@@ -262,30 +338,32 @@ class _Run:
         lo, hi = self.cfg.token_lo, self.cfg.token_hi
         try:
             rec.start_s = self.now()
-            hist = token_ids("prefix/" + a.prefix_id, a.prefix_tokens, lo, hi) + token_ids("task/" + a.agent_id, a.task_tokens, lo, hi)
+            hist: Segments = [("system", token_ids("prefix/" + a.prefix_id, a.prefix_tokens, lo, hi)),
+                              ("user", token_ids("task/" + a.agent_id, a.task_tokens, lo, hi))]
             prev_ctx: Optional[int] = None
             for k, t in enumerate(a.turns):
                 t_start = self.now()
                 try:
-                    out, prompt, cached, attempts = await self.turn(a.agent_id, hist, t.output_tokens)
+                    reply, attempts = await self.turn(a.agent_id, hist, t.output_tokens)
                 except TurnFailed as e:
                     self.failed_turns += 1
                     rec.failed, rec.error = True, f"turn {k}: {e}"
                     if self.bar is not None:
                         self.bar.update(len(a.turns) - k)
                     return
-                recomputed = 0 if prev_ctx is None else max(0, prev_ctx - cached)
-                self.turns.append(TurnRecord(a.agent_id, k, t_start, self.now(), prompt, cached, len(out), recomputed, attempts))
-                prev_ctx = prompt + len(out) - 1  # the last sampled token never has KV of its own
+                prompt, cached, n_out = reply.prompt_tokens, reply.cached_tokens, reply.output_tokens
+                recomputed = 0 if prev_ctx is None else max(0, min(prev_ctx, prompt) - cached)
+                self.turns.append(TurnRecord(a.agent_id, k, t_start, self.now(), prompt, cached, n_out, recomputed, attempts))
+                prev_ctx = prompt + n_out - 1  # the last sampled token never has KV of its own
                 rec.turns_done += 1
                 if self.bar is not None:
                     self.bar.update(1)
                 if k == len(a.turns) - 1:
                     break
-                hist = hist + out
+                hist = hist + [("assistant", reply.segment)]
                 if t.tool_latency_s > 0:
                     await asyncio.sleep(t.tool_latency_s)
-                hist += token_ids(f"obs/{a.agent_id}/{k}", t.append_tokens, lo, hi)
+                hist.append(("user", token_ids(f"obs/{a.agent_id}/{k}", t.append_tokens, lo, hi)))
         finally:
             rec.end_s = self.now()
             if cap is not None:
@@ -312,7 +390,7 @@ class _Run:
                 "output_tokens_per_s": sum(r.output_tokens for r in recent) / dt,
                 "hit_rate": (sum(r.cached_tokens for r in recent) / prompt) if prompt else None,
                 "kv_usage": probe.get("kv_usage"), "window": probe.get("window"),
-                "active_agents": probe.get("active_agents"),
+                "active_agents": probe.get("active_agents"), "lost_work": probe.get("lost_work"),
                 "turns_done": len(self.turns),
             })
 
@@ -355,8 +433,10 @@ async def run_trace_async(agents: Sequence[AgentTrace], cfg: RunConfig, engine: 
     """Drive every agent to completion (or failure) and return the results dict."""
     if len({a.agent_id for a in agents}) != len(agents):
         raise ValueError("duplicate agent_id in trace")
-    target: _Target = {"http": _HttpTarget, "openai": _OpenAITarget}[cfg.target](cfg) if cfg.target != "engine" \
-        else _EngineTarget(engine)
+    if cfg.target == "engine":
+        target: _Target = _EngineTarget(engine)
+    else:
+        target = _OpenAIChatTarget(cfg) if cfg.client == "openai" else _HttpTarget(cfg)
     run = _Run(cfg, target, agents={a.agent_id: AgentRecord(a.agent_id) for a in agents})
     await target.start()
     rng = random.Random(cfg.arrival_seed)
@@ -365,7 +445,8 @@ async def run_trace_async(agents: Sequence[AgentTrace], cfg: RunConfig, engine: 
         delays.append(t)
         if cfg.arrival_rate:
             t += rng.expovariate(cfg.arrival_rate)
-    cap = asyncio.Semaphore(cfg.agent_cap) if cfg.agent_cap else None
+    caps = [c for c in (cfg.agent_cap, cfg.client_cap) if c]
+    cap = asyncio.Semaphore(min(caps)) if caps else None
     if cfg.progress:
         from tqdm.auto import tqdm
 
