@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 def models_dir() -> str:
     from sglang_concur.tiny_model import main
 
-    path = os.environ.get("SGLANG_CONCUR_MODELS", os.path.join(ROOT, "models"))
+    path = os.environ.get("CONCUR_TEST_MODELS", os.path.join(ROOT, "models"))
     if not os.path.exists(os.path.join(path, "tiny", "config.json")):
         main([path])
     return path

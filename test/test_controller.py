@@ -21,35 +21,39 @@ def test_aimd_control_step_backs_off_on_thrash_and_reports_the_change():
 
 def test_native_recompute_ratio_from_the_ledger_interval():
     c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="native"), now=0.0, capacity=10_000)
-    assert c.window_size() == 5_000 and c.status()["window_unit"] == "tokens"
+    assert c.window_size() == 2_500 and c.status()["window_unit"] == "tokens"  # a slow start
+    c.window = 5_000
     led = c.ledger
     led.turn_admitted("a", 100, 0)
     led.turn_finished("a", 150)
     led.turn_admitted("a", 200, 0)  # 150 of history recomputed out of a 200-token returning prompt
-    assert c.control_step(1.0, kv_usage=0.5, busy={"a"}) == (5_000, 3_500)
+    assert c.control_step(1.0, kv_usage=0.5, busy={"a": 1}) == (5_000, 3_500)
     assert c.last_signals.recompute_ratio == 0.75
-    assert c.control_step(2.0, kv_usage=0.5, busy={"a"}) is None  # no returning turn in this interval
+    assert c.control_step(2.0, kv_usage=0.5, busy={"a": 1}) is None  # no returning turn in this interval
     assert c.last_signals.recompute_ratio is None and c.last_signals.settling
     led.turn_finished("a", 250)
     led.turn_admitted("a", 300, 0)  # a came back once since the cut: settled, and still recomputing
-    assert c.control_step(3.0, kv_usage=0.5, busy={"a"}) == (3_500, 2_500)
+    assert c.control_step(3.0, kv_usage=0.5, busy={"a": 1}) == (3_500, 2_500)
 
 
 def test_recompute_of_a_resumed_agent_is_not_congestion():
     c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="native"), now=0.0, capacity=10_000)
-    c.table.update(5_000, ["a"], {}, 0.0, cost=lambda _: 1000.0)
-    c.turn_admitted("a", 100, 0, 0.0)
-    c.ledger.turn_finished("a", 150)
-    c.table.update(500, ["a"], {}, 0.5, cost=lambda _: 1000.0)  # budget fell: a is paused at its turn boundary
-    c.table.update(5_000, ["a"], {}, 0.6, cost=lambda _: 1000.0)  # and resumed
-    c.turn_admitted("a", 200, 0, 0.7)  # its history was evicted while paused: 150 recomputed
+    c.table.update(5_000, ["a", "b"], {}, 0.0, cost=lambda _: 1000.0)
+    for x in ("a", "b"):
+        c.turn_admitted(x, 100, 0, 0.0)
+        c.ledger.turn_finished(x, 150)
+    c.table.update(1_500, ["a", "b"], {}, 0.5, cost=lambda _: 1000.0)  # budget fell: b is paused at its boundary
+    assert c.table.agents["b"].state.value == "paused" and c.table.agents["a"].state.value == "active"
+    c.table.update(5_000, ["b"], {"a": 1}, 0.6, cost=lambda _: 1000.0)  # and resumed
+    c.turn_admitted("b", 200, 0, 0.7)  # its history was evicted while paused: 150 recomputed
     assert c.ledger.recomputed_tokens == 150 and c.ledger.admitted_recomputed == 0
-    assert c.control_step(1.0, kv_usage=0.5, busy={"a"}) is None and c.last_signals.recompute_ratio is None
+    assert c.control_step(1.0, kv_usage=0.5, busy={"a": 1, "b": 1}) is None and c.last_signals.recompute_ratio is None
 
 
 def native_with_agents(n_agents: int, context: int, capacity: int = 10_000) -> ConcurController:
     """A native controller whose agents each hold `context` private tokens after two turns."""
     c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="native"), now=0.0, capacity=capacity)
+    c.window = capacity / 2
     ids = [f"a{i}" for i in range(n_agents)]
     c.admit(ids, {}, 0.0)
     for a in ids:
@@ -62,19 +66,82 @@ def native_with_agents(n_agents: int, context: int, capacity: int = 10_000) -> C
 
 def test_native_mild_cut_stops_admission_without_pausing():
     c = native_with_agents(3, 1000)
-    c.control_step(0.5, kv_usage=0.5, busy=set())  # the interval starts here
     c.window = 10_000
+    c.control_step(0.5, kv_usage=0.5, busy={})  # the interval starts here
     c.ledger.turn_admitted("a0", 1100, 900)  # 100 of 1100 recomputed: 9% (> 5%, < 20%)
-    c.control_step(1.0, kv_usage=0.5, busy=set())
+    c.control_step(1.0, kv_usage=0.5, busy={})
     assert c.window < 10_000 and c.pause_to == float("inf")
     assert c.admit(["a1", "a2", "new"], {}, 1.1) >= {"a1", "a2"}  # turn boundaries: nobody paused
 
 
 def test_native_pauses_when_predicted_to_need_twice_the_budget():
     c = native_with_agents(6, 4000, capacity=10_000)  # priced far beyond the 5000-token budget
-    c.control_step(1.0, kv_usage=0.5, busy=set())
+    c.control_step(1.0, kv_usage=0.5, busy={})
     assert c.table.used > 2 * c.window and c.pause_to == c.window
     active = c.admit([f"a{i}" for i in range(6)], {}, 1.1)  # all at a turn boundary
     counts = c.table.counts()
     assert c.table.used <= c.window and counts.active == len(active) == 1
     assert counts.paused == 3 and counts.waiting == 2  # four had been admitted at the prior price
+
+
+def static_controller(window: int = 2, idle_timeout: float = 600.0) -> ConcurController:
+    cfg = ConcurConfig(concur_enable=True, concur_policy="static", concur_initial_window=window,
+                       concur_idle_timeout=idle_timeout)
+    return ConcurController.create(cfg, now=0.0, capacity=10_000)
+
+
+def turn(c: ConcurController, agent: str, start: float, end: float) -> None:
+    """One turn of `agent`: queued at `start`, admitted, its reply out at `end`."""
+    c.request_arrived(agent, 100, start)
+    c.admit([agent], {}, start)
+    c.turn_admitted(agent, 100, 0, start)
+    c.ledger.turn_finished(agent, 100)
+    c.turn_ended(agent, end)
+
+
+def test_an_agent_that_stops_without_an_end_call_releases_its_room_within_a_few_of_the_observed_gaps():
+    c = static_controller(window=2)
+    for k in range(4):  # a and b alternate 1 s of LLM and 2 s of tool
+        for agent in ("a", "b"):
+            turn(c, agent, 3.0 * k, 3.0 * k + 1.0)
+    assert len(c.gaps) == 6 and c.gaps.mean() == 2.0
+    assert c.overlap() == 3.0  # (1 s LLM + 2 s tool) / 1 s LLM
+    c.control_step(10.5, kv_usage=0.5, busy={})
+    assert c.table.used == 2.0  # 0.5 s idle: both are in a tool
+    c.request_arrived("new", 100, 10.5)
+    assert set(c.admit(["new"], {}, 10.5)) == {"a", "b"}  # no room
+    c.control_step(13.5, kv_usage=0.5, busy={})  # 3.5 s idle: longer than any gap seen: both look gone
+    assert c.table.used == 0.0 and set(c.ledger.provisional) == {"a", "b"}
+    assert set(c.admit(["new"], {}, 13.5)) == {"a", "b", "new"}
+    st = c.status()["agents"]
+    assert st["a"]["p_return"] < 0.5 and st["a"]["released"] and st["a"]["state"] == "active" and st["a"]["idle_s"] == 3.5
+    # a was only in a long tool: it comes back at full price, ahead of any new agent, and counts as alive
+    c.request_arrived("a", 100, 14.0)
+    assert c.table.used == 2.0 and "a" not in c.ledger.provisional and c.gaps._order[-1] == 4.0
+
+
+def test_native_prices_a_new_agent_by_its_queued_prompt_and_a_full_table_makes_it_wait():
+    c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="native"), now=0.0, capacity=10_000)
+    c.request_arrived("a", 3_000, 0.0)
+    assert c.pending_prompt["a"] == 3_000 and c.cost("a") >= 3_000
+    c.admit(["a"], {}, 0.0)
+    c.window = c.table.used + 10  # no room for another
+    c.request_arrived("b", 2_000, 1.0)
+    assert c.must_wait("b", 1.0) and c.table.agents["b"].state.value == "waiting"
+    c.turn_admitted("a", 3_000, 0, 1.0)
+    assert "a" not in c.pending_prompt
+
+
+def test_end_while_a_request_runs_forgets_the_agent_when_it_finishes():
+    c = static_controller(window=1)
+    c.request_arrived("a", 100, 0.0)
+    c.admit(["a"], {}, 0.0)
+    c.turn_admitted("a", 100, 0, 0.0)
+    assert c.end("a", inflight=1) is True and c.table.agents["a"].state.value == "ending"
+    c.control_step(1.0, kv_usage=0.5, busy={"a": 1})  # still running: not brought back
+    assert c.table.agents["a"].state.value == "ending" and "a" not in c.table.active
+    c.ledger.turn_finished("a", 120)
+    c.turn_ended("a", 2.0)
+    assert "a" not in c.table.agents and "a" not in c.ledger.agents and c.ledger.lifetimes[-1] == 1
+    c.control_step(3.0, kv_usage=0.5, busy={})
+    assert not c.table.agents and not c.turn_start and not c.pending_prompt

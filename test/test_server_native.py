@@ -1,4 +1,4 @@
-"""`native` live: the window is a KV-token budget starting at half the pool's capacity; agent
+"""`native` live: the window is a KV-token budget starting at a quarter of the pool's capacity; agent
 histories that together do not fit make the gate hold agents (priced by predicted footprint), the
 budget stays within its capacity-derived bounds, and every request still completes."""
 
@@ -35,9 +35,9 @@ def agent(url: str, i: int) -> int:
     return TURNS
 
 
-def test_budget_starts_at_half_capacity_and_run_completes(server):
+def test_budget_starts_at_a_quarter_of_capacity_and_run_completes(server):
     st = status(server.url)
-    assert st["window_unit"] == "tokens" and 0.45 * POOL <= st["window"] <= 0.5 * POOL  # half the pool (SGLang may round it)
+    assert st["window_unit"] == "tokens" and 0.22 * POOL <= st["window"] <= 0.25 * POOL  # a slow start (SGLang may round the pool)
     with ThreadPoolExecutor(AGENTS) as pool:
         assert list(pool.map(lambda i: agent(server.url, i), range(AGENTS))) == [TURNS] * AGENTS
     st = status(server.url)

@@ -128,7 +128,7 @@ def test_cli_generate_trace(tmp_path, capsys):
     path = str(tmp_path / "g.jsonl")
     assert main(["generate-trace", "--preset", "cpu-smoke", "--agents", "5", "--seed", "2", "-o", path]) == 0
     agents = load_trace(path)
-    assert len(agents) == 5 and all(a.context_tokens() <= 1000 for a in agents)
+    assert len(agents) == 5 and all(a.context_tokens() <= 2400 for a in agents)
     assert "wrote 5 agents" in capsys.readouterr().out
 
 

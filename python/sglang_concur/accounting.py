@@ -81,11 +81,6 @@ class RecomputeLedger:
     def ended_lifetimes(self) -> List[int]:
         return self.lifetimes + list(self.provisional.values())
 
-    def end_rate(self) -> float:
-        """P(a turn is its agent's last): ends over turns of the ended agents (0 before any ended)."""
-        ended = self.ended_lifetimes()
-        return len(ended) / sum(ended) if ended else 0.0
-
     def forget(self, agent: str) -> None:
         """The agent ended: its ledger goes, its lifetime is kept for projections."""
         self.provisional.pop(agent, None)

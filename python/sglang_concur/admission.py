@@ -12,7 +12,8 @@ highest `pause_key` go first.  Room goes to paused agents first (in pause order)
 agents (in arrival order).  With costs, an agent too large for the room left may be overtaken by
 later ones that fit (backfill), for at most `backfill_wait` seconds; then room is kept for it.  One
 agent is always admitted when none is active.  An agent ended while a request of it runs is ENDING:
-it holds no room and leaves when nothing of it is in flight.
+it holds no room, what it has queued (a request SGLang retracted) still runs, and it leaves when
+nothing of it is in flight.
 
 Every collection is insertion-ordered (dicts, lists): decisions never depend on a set's hash order,
 so every TP rank, fed the same events, takes the same decisions.  `digest` folds each state change.
@@ -63,6 +64,7 @@ class AdmissionTable:
     backfill_wait: float = 30.0  # seconds a blocked head of line may be overtaken by smaller agents
     agents: Dict[str, Agent] = field(default_factory=dict)
     active: Dict[str, None] = field(default_factory=dict)  # ACTIVE agents, in admission order
+    ending: Dict[str, None] = field(default_factory=dict)  # ENDING agents: what they have queued still runs
     used: float = 0.0  # window units held by the active agents
     digest: int = 0  # crc32 over every state change, in order: equal on ranks that decided alike
     _seq: "itertools.count[int]" = field(default_factory=itertools.count)
@@ -82,6 +84,8 @@ class AdmissionTable:
         for aid in wanting:
             a = agents.get(aid)
             if a is None or a.state is AgentState.ENDING and not inflight.get(aid):
+                if a is not None:
+                    self.ending.pop(aid, None)
                 a = agents[aid] = Agent(aid, AgentState.WAITING, next(self._seq), now)
             a.last_seen = now
             if a.state is AgentState.WAITING or a.state is AgentState.PAUSED:
@@ -91,7 +95,7 @@ class AdmissionTable:
         if boundary and self.used > pause_to:  # the window shrank: pause at turn boundaries
             boundary.sort(key=pause_key or (lambda a: -a.seq), reverse=pause_key is not None)
             for a in boundary:
-                if self.used <= pause_to:
+                if self.used <= pause_to or len(self.active) <= 1:  # one agent always stays admitted
                     break
                 self._set(a, AgentState.PAUSED)
         if claims and self.used < window:
@@ -168,12 +172,14 @@ class AdmissionTable:
             a.idle_since = None
 
     def touch(self, queued: Iterable[str], now: float) -> None:
-        """Agents with requests queued are not idle."""
+        """Agents with requests queued are not idle (a next request queued before the last reply
+        came out is no gap: it stays unmeasured)."""
         agents = self.agents
         for aid in queued:
             a = agents.get(aid)
             if a is not None:
                 a.last_seen = now
+                a.idle_since = None
 
     def turn_ended(self, agent_id: str, now: float) -> bool:
         """The agent's last request in flight finished: it is idle from `now` (in a tool, or gone).
@@ -183,6 +189,7 @@ class AdmissionTable:
             return False
         if a.state is AgentState.ENDING:
             del self.agents[agent_id]
+            self.ending.pop(agent_id, None)
             return True
         a.idle_since = a.last_seen = now
         return False
@@ -217,6 +224,7 @@ class AdmissionTable:
 
     def _leave(self, agent_id: str) -> None:
         a = self.agents.pop(agent_id)
+        self.ending.pop(agent_id, None)
         if a.state is AgentState.ACTIVE:
             del self.active[agent_id]
             self.used -= a.cost
@@ -229,6 +237,10 @@ class AdmissionTable:
         elif state is not AgentState.ACTIVE and a.state is AgentState.ACTIVE:
             del self.active[a.agent_id]
             self.used -= a.cost
+        if state is AgentState.ENDING:
+            self.ending[a.agent_id] = None
+        elif a.state is AgentState.ENDING:
+            self.ending.pop(a.agent_id, None)
         a.state = state
         a.seq = next(self._seq)
         self.digest = zlib.crc32(f"{a.agent_id}>{state.value};".encode(), self.digest)

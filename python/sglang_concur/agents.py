@@ -16,12 +16,15 @@ In a tool or gone (`GapModel`), in the scheduler: an agent between turns and an 
 look the same.  The gaps between an agent's reply and its next request (its tool time) are
 measured over the workload; an agent idle for `t` comes back with probability
 
-    P(return | t) = p S(t) / (p S(t) + 1 - p),
+    P(return | t) = (1 - h) S(t) / ((1 - h) S(t) + h),
 
-S the share of observed gaps longer than t, p the probability that a turn is not an agent's last
-(1 - ends / turns over ended agents).  Admission charges an idle agent its price times this
-probability, so an agent that stops without an end call fades out of the budget within a few
-gaps, and one that was only in a long tool finds its room again when it returns.
+S(t) the chance that a gap lasts longer than t (the share of the n observed gaps longer than t,
+smoothed as (k + 1) / (n + 2) so that a few short gaps never make a long wait look impossible), h
+the chance that the agent's last turn was its last (1 / (1 + its expected remaining turns), from the
+lifetimes of ended agents: accounting.remaining_turns).  An agent holds its admission room while it
+is more likely in a tool than gone (P >= 1/2), i.e. until it has been idle longer than all but 1/R of
+the gaps seen, R its expected remaining turns; then its room is released, and it gets it back first
+when it returns.  Nothing here is a constant of the workload: gaps and lifetimes are measured.
 """
 
 from __future__ import annotations
@@ -176,18 +179,18 @@ class GapModel:
         bisect.insort(self._sorted, gap)
 
     def survival(self, t: float) -> Optional[float]:
-        """Share of observed gaps longer than `t` (None before any gap was observed)."""
+        """P(a gap lasts longer than `t`): the observed share, smoothed (None before any gap)."""
         n = len(self._sorted)
-        return (n - bisect.bisect_right(self._sorted, t)) / n if n else None
+        return (n - bisect.bisect_right(self._sorted, t) + 1) / (n + 2) if n else None
 
-    def p_return(self, idle: float, end_rate: float) -> float:
-        """P(an agent idle for `idle` seconds comes back); `end_rate` = P(a turn is an agent's last).
+    def p_return(self, idle: float, hazard: float) -> float:
+        """P(an agent idle for `idle` seconds comes back); `hazard` = P(its last turn was its last).
         1 before any gap is known (nothing to compare with: the idle timeout bounds it)."""
         s = self.survival(idle)
         if s is None:
             return 1.0
-        stay = (1.0 - end_rate) * s
-        return stay / (stay + end_rate) if stay > 0 else 0.0
+        stay = (1.0 - hazard) * s
+        return stay / (stay + hazard) if stay + hazard > 0 else 1.0
 
     def mean(self) -> float:
         return sum(self._order) / len(self._order) if self._order else 0.0

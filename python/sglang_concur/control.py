@@ -16,16 +16,18 @@ costs are weighed, both measured: recomputed history R (too many agents: their h
 each other) and lost work I (too few: the engine idles while the gate holds agents back, because
 every admitted agent is in a tool):
 
-    B <- B * beta             if R > max(R_max, I) and not settling   (recompute costs more than it fills)
-    B <- B + step * capacity  if agents are held, not settling, and
-                                  R <= R_max / 2 and B < capacity          (every footprint still fits), or
-                                  I > R                                    (the engine idles: overcommit)
-    B <- B                    otherwise
+    B <- B * beta        if R > max(R_max, I) and not settling     (recompute costs more than it fills)
+    B <- B + max(g1, g2)  if agents are held and not settling, with
+           g1 = step * capacity      if R <= R_max / 2 and B < capacity  (every footprint still fits)
+           g2 = used * I / (1 - I)   if I > R  (the admitted agents keep the engine busy only 1 - I of
+                                                the time: admit I / (1 - I) more of the same; at most B)
+    B <- B               otherwise
 
 Recompute lags a cut (agents whose history was already evicted still come back to recompute it),
 so after a cut the budget settles (neither cut again nor grown) until as many turns have returned
-as there were active agents.  The budget starts at half the capacity and moves within
-[capacity / 4, capacity * overlap]: footprints are projected to each agent's end, so a budget of
+as there were active agents.  The budget starts at a quarter of the capacity (a slow start: prices
+rest on a prior until agents have grown and ended) and moves within [capacity / 4, capacity *
+overlap]: footprints are projected to each agent's end, so a budget of
 the whole pool is the most that fits at once; agents in tools do not need their cache until they
 return, so when the engine idles the budget may overcommit the pool up to `overlap` = (LLM time +
 tool time) / LLM time per turn, measured: the pool then holds the histories of the agents that are
@@ -52,6 +54,7 @@ class Signals:
     held_agents: int = 0  # agents with requests held by the gate (waiting or paused)
     settling: bool = False  # the last cut has not been seen by every agent it affected yet
     lost_work: float = 0.0  # share of the interval the engine idled while the gate held requests
+    used: float = 0.0  # the admitted amount (window units held by the active agents)
     overlap: float = 1.0  # (LLM + tool time) / LLM time per turn: how far the pool may be overcommitted
 
 
@@ -116,7 +119,7 @@ class NativeParams:
     recompute_threshold: float = 0.05
     beta: float = 0.7
     step: float = 0.05  # additive increase, as a share of capacity
-    initial_share: float = 0.5  # budget bounds and start, as shares of capacity
+    initial_share: float = 0.25  # budget bounds and start, as shares of capacity
     min_share: float = 0.25
     max_share: float = 1.0
 
@@ -138,9 +141,11 @@ class NativePolicy:
         if r > max(p.recompute_threshold, s.lost_work):
             if not s.settling:
                 window *= p.beta
-        elif s.held_agents > 0 and not s.settling and (
-                r <= p.recompute_threshold / 2 and window < p.max_share * c or s.lost_work > r):
-            window += p.step * c
+        elif s.held_agents > 0 and not s.settling:
+            fill = p.step * c if r <= p.recompute_threshold / 2 and window < p.max_share * c else 0.0
+            i = s.lost_work
+            overlap = min(window, s.used * i / (1 - i)) if i < 1 else window
+            window += max(fill, overlap if i > r else 0.0)
         top = max(p.max_share, s.overlap) * c
         return min(max(window, p.min_share * c), top)
 

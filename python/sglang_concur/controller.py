@@ -11,9 +11,9 @@ For `native` it also prices agents and decides when pausing is worth it:
   four times the threshold) or the active agents are predicted to need twice the budget (early,
   while the histories a pause throws away are short).
 
-For every policy, an agent with nothing queued or in flight is charged its price times the
-probability that it comes back (agents.GapModel): one that stopped without an end call fades out
-of the window within a few of the workload's gaps between turns.  The signals the native law
+For every policy, an agent with nothing queued or in flight keeps its room while it is more
+likely in a tool than gone (agents.GapModel); then its room is released (the end call is an
+optimisation, never a requirement), and it is charged again the moment it returns.  The signals the native law
 weighs (recompute, lost work, the overlap of tools and LLM calls) are counted here from the
 events the glue reports.
 """
@@ -71,13 +71,14 @@ class ConcurController:
     turn_start: Dict[str, float] = field(default_factory=dict)  # when each agent's running turn was admitted
     llm_times: Deque[float] = field(default_factory=lambda: deque(maxlen=512))  # admission -> reply, per turn
     now: float = 0.0  # the time of the last event (idle agents' prices are read at it)
+    last_control: float = 0.0  # the time of the last control step
 
     @classmethod
     def create(cls, config: ConcurConfig, now: float, capacity: float) -> "ConcurController":
         policy = config.policy(capacity)
         window = policy.initial_window() if isinstance(policy, NativePolicy) else float(config.concur_initial_window)
         return cls(config, policy, AdmissionTable(config.concur_idle_timeout), window,
-                   now + config.concur_control_interval)
+                   now + config.concur_control_interval, last_control=now)
 
     @property
     def budgets_tokens(self) -> bool:
@@ -121,15 +122,16 @@ class ConcurController:
         """1 for an agent with something queued or in flight; else P(it comes back) after its idle time."""
         if a.idle_since is None:
             return 1.0
-        return self.gaps.p_return(now - a.idle_since, self.ledger.end_rate())
+        led = self.ledger.agents.get(a.agent_id)
+        turns = led.turns if led else 0
+        more = self.remaining[turns] if turns < len(self.remaining) else max(1.0, turns)
+        return self.gaps.p_return(now - a.idle_since, 1.0 / (1.0 + more))
 
     def charge(self, agent: str) -> float:
-        """What an active agent holds of the window now: its price, times P(it comes back) when idle."""
-        a = self.table.agents[agent]
-        full = self.cost(agent) if self.budgets_tokens else 1.0
-        p = self.p_return(a, self.now)
-        self.ledger.looks_gone(agent, p < 0.5)
-        return full * p
+        """What an active agent holds of the window now: its price, or nothing once it looks gone."""
+        gone = self.p_return(self.table.agents[agent], self.now) < 0.5
+        self.ledger.looks_gone(agent, gone)
+        return 0.0 if gone else (self.cost(agent) if self.budgets_tokens else 1.0)
 
     def cost(self, agent: str) -> float:
         """Predicted footprint (accounting.footprint).  Until the projection rests on data (three
@@ -162,18 +164,22 @@ class ConcurController:
         resumed = a is not None and a.resumed
         if resumed:
             a.resumed = False
+        if a is not None:
+            a.idle_since = None  # a turn queued before the last reply came out: never idle
         self.pending_prompt.pop(agent, None)
         self.turn_start.setdefault(agent, now)
         self.ledger.turn_admitted(agent, prompt_len, matched, resumed)
 
-    def turn_ended(self, agent: str, now: float) -> None:
+    def turn_ended(self, agent: str, now: float) -> bool:
         """The agent's last request in flight finished (its turn's reply is out): it is in a tool,
-        or gone.  An agent ended while the request ran leaves now."""
+        or gone.  An agent ended while the request ran leaves now (returns True)."""
         start = self.turn_start.pop(agent, None)
         if start is not None:
             self.llm_times.append(now - start)
         if self.table.turn_ended(agent, now):
             self._forget(agent)
+            return True
+        return False
 
     def overlap(self) -> float:
         """(LLM + tool time) / LLM time per turn, measured (1 until both are)."""
@@ -190,27 +196,33 @@ class ConcurController:
         self.now = now
         self.next_control = now + self.config.concur_control_interval
         self.table.sync(busy, now)
+        queued = dict.fromkeys(queued)
         self.table.touch(queued, now)
         for aid in self.table.expire(now, busy):
             self._forget(aid)
+        agents = self.table.agents
+        for aid in [a for a in self.pending_prompt if a not in agents and a not in queued]:
+            del self.pending_prompt[aid]  # its request was refused or aborted before any decision
         led, iv = self.ledger, self.interval
-        returning = led.admitted_prompt_tokens - iv.returning
-        ratio = (led.admitted_recomputed - iv.recomputed) / returning if returning else None
-        held_agents = len({r.routing_key for r in self.held})
-        elapsed = max(1e-9, self.config.concur_control_interval)
-        s = Signals(kv_usage=kv_usage, hit_rate=iv.hit_rate(), recompute_ratio=ratio, held_agents=held_agents,
-                    settling=led.returning_turns < self.settle_until_turns, lost_work=min(1.0, iv.lost / elapsed),
-                    overlap=self.overlap())
-        self.last_signals = s
-        self.interval = IntervalStats(recomputed=led.admitted_recomputed, returning=led.admitted_prompt_tokens)
+        ages = [a.turns for aid, a in led.agents.items() if a.turns and aid not in led.provisional]
+        self.remaining = remaining_turns(led.ended_lifetimes(), ages, max(ages, default=0) + 1)
         if self.budgets_tokens:
             self.default_growth = led.typical_growth()
-            ages = [a.turns for aid, a in led.agents.items() if a.turns and aid not in led.provisional]
-            self.remaining = remaining_turns(led.ended_lifetimes(), ages, max(ages, default=0) + 1)
             self.ceiling = led.ceiling()
             prints = sorted(footprint(led, a, 0, self.default_growth, self.remaining, self.ceiling) for a in led.agents)
             self.typical = prints[len(prints) // 2] if prints else 0.0
         self.table.refresh(self.charge)
+        returning = led.admitted_prompt_tokens - iv.returning
+        ratio = (led.admitted_recomputed - iv.recomputed) / returning if returning else None
+        held_agents = len({r.routing_key for r in self.held})
+        elapsed = now - self.last_control
+        self.last_control = now
+        lost = min(1.0, iv.lost / elapsed) if elapsed > 0 else 0.0
+        s = Signals(kv_usage=kv_usage, hit_rate=iv.hit_rate(), recompute_ratio=ratio, held_agents=held_agents,
+                    settling=led.returning_turns < self.settle_until_turns, lost_work=lost,
+                    used=self.table.used, overlap=self.overlap())
+        self.last_signals = s
+        self.interval = IntervalStats(recomputed=led.admitted_recomputed, returning=led.admitted_prompt_tokens)
         old = self.window_size(self.window)
         window = self.policy.next_window(self.window, s)
         if window < self.window:  # a cut: let every active agent come back once before the next
@@ -278,15 +290,24 @@ class ConcurController:
             "hit_rate": None if s is None else s.hit_rate,
             "recompute_ratio": None if s is None else s.recompute_ratio,
             "agents": {a.agent_id: self._agent_status(a) for a in self.table.agents.values()},
+            "memory": self.memory(),
             "config": self.config.as_dict(),
         }
+
+    def memory(self) -> Dict[str, int]:
+        """Entries the controller keeps: each is bounded by the agents alive (the idle timeout) or a window."""
+        led = self.ledger
+        return {"table_agents": len(self.table.agents), "ledger_agents": len(led.agents),
+                "pending_prompts": len(self.pending_prompt), "turns_running": len(self.turn_start),
+                "provisional_ends": len(led.provisional), "lifetimes": len(led.lifetimes), "gaps": len(self.gaps),
+                "llm_times": len(self.llm_times)}
 
     def _agent_status(self, a: Agent) -> Dict[str, Any]:
         led = self.ledger.agents.get(a.agent_id)
         idle = None if a.idle_since is None else max(0.0, self.now - a.idle_since)
         return {"state": a.state.value, "identified_by": "inferred" if is_inferred(a.agent_id) else "routing_key",
                 "admissions": a.admissions, "last_seen": a.last_seen, "idle_s": idle,
-                "p_return": self.p_return(a, self.now),
+                "p_return": self.p_return(a, self.now), "released": a.state is AgentState.ACTIVE and a.cost == 0,
                 "cost": a.cost, "turns": led.turns if led else 0, "kv_tokens": self.resident.get(a.agent_id, 0),
                 "recomputed_tokens": led.recomputed if led else 0,
                 "context_cached": led.context_cached if led else 0}

@@ -197,6 +197,7 @@ class SchedulerGate:
         if deciding:
             ctl.admit(deciding, self.inflight, now)
         allowed = self._allowed = set(active)
+        allowed.update(ctl.table.ending)  # what an ending agent still has queued (a retracted request) runs
         allowed.add(None)
         if allowed.issuperset(wanting):
             self._held_agents = set()
@@ -219,8 +220,8 @@ class SchedulerGate:
                 r._concur_inflight = True
                 inflight[r.routing_key] = inflight.get(r.routing_key, 0) + 1
         for key in self.inflight:
-            if key not in inflight:
-                self.controller.turn_ended(key, self.now)
+            if key not in inflight and self.controller.turn_ended(key, self.now):
+                self._epoch += 1
         self.inflight = inflight
         return inflight
 
@@ -261,7 +262,8 @@ class SchedulerGate:
                 self.inflight[key] = n
             else:
                 self.inflight.pop(key, None)
-                self.controller.turn_ended(key, self.now)
+                if self.controller.turn_ended(key, self.now):  # an ending agent left: decide again
+                    self._epoch += 1
         return self._original_on_release(req, checkpointed=checkpointed)
 
     def checkpoint(self, req, *, up_to: int, **kwargs):
@@ -314,6 +316,9 @@ class SchedulerGate:
         elif req.op == "status":
             result = ctl.status()
             result["decision_digests"] = self._gather_digests(result["decision_digest"])
+            result["memory"]["inflight_agents"] = len(self.inflight)
+            if self.owners is not None:
+                result["memory"]["owner_map_agents"] = len(self.owners.index)
         else:
             result = {"error": f"unknown op {req.op!r}"}
         return ConcurControlReqOutput(result=result)

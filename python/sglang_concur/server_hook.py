@@ -5,11 +5,14 @@ Hook points:
 - `ServerArgs.add_cli_args` / `ServerArgs.from_cli_args`: the `--concur-*` flags.
 - `Engine.server_args_class` / `Engine.generate` / `Engine.async_generate`: `concur_*` keywords and a
   `routing_key=` keyword (one agent id, or one per prompt of a batch).
-- `Engine._launch_subprocesses`: every launch path (CLI server, `http_server.launch_server` with a
-  `ServerArgs` built in Python as slime does, `sglang.Engine`, verl's direct call) resolves the
-  configuration here: flags and keywords over `SGLANG_CONCUR_*`.  The result rides on the ServerArgs
-  record as bookkeeping (`_concur_config`), which SGLang pickles into every scheduler process.
-- `http_server.launch_server`: the `/concur/*` routes; a bad value stops start-up with one line.
+- `ServerArgs.check_server_args`: every launch path (CLI server, `http_server.launch_server` with a
+  `ServerArgs` built in Python as slime does, `sglang.Engine`, verl's direct call to
+  `Engine._launch_subprocesses`) checks its arguments here, before any process starts: the
+  configuration is resolved (flags and keywords over `SGLANG_CONCUR_*`) and a bad value stops
+  start-up.  The result rides on the ServerArgs record as bookkeeping (`_concur_config`), which
+  SGLang pickles into every scheduler process.
+- `TokenizerManager.__init__`: the front door of this server (below) and the `/concur/*` routes.
+- `http_server.launch_server`: a bad value stops start-up with one line.
 - `TokenizerManager.generate_request`: the agent id from the body or the `X-SMG-Routing-Key` header
   (any endpoint, native `/generate` included), validated.
 - `GenerateReqInput.__getitem__`: every part of a batch (and of `n>1`) keeps its routing key.
@@ -76,24 +79,30 @@ def engine_server_args(**kwargs):
     return _attach(ServerArgs(**kwargs), given)
 
 
-# --- hook: Engine._launch_subprocesses (AROUND): every launch path --------------------------
-def launch_subprocesses_around(original, cls, server_args, *args, **kwargs):
-    global _front
+# --- hook: ServerArgs.check_server_args (AFTER): every launch path, before any process starts ---
+def check_server_args_after(result, server_args):
+    config_of(server_args)  # resolved once; a bad flag or environment value raises ConcurConfigError
+    return result
+
+
+# --- hook: TokenizerManager.__init__ (AFTER): the front door of this server -------------------
+def tokenizer_manager_init_after(result, tm, *args, **kwargs):
+    global _enabled_here
+    server_args = tm.server_args
     cfg = config_of(server_args)
-    _front = FrontDoor(cfg, int(getattr(server_args, "dp_size", 1) or 1)) if cfg.concur_enable else None
-    if _front is not None:
+    if cfg.concur_enable:
+        tm._concur_front = FrontDoor(cfg, int(getattr(server_args, "dp_size", 1) or 1))
+        _enabled_here = True
         add_routes()
-    return original(cls, server_args, *args, **kwargs)
+    return result
 
 
 # --- hook: http_server.launch_server (AROUND) --------------------------------------------
 def launch_server_around(original, server_args, *args, **kwargs):
     try:
-        cfg = config_of(server_args)
+        config_of(server_args)
     except ConcurConfigError as e:
         raise SystemExit(f"sglang-concur: error: {e}") from None
-    if cfg.concur_enable:
-        add_routes()
     return original(server_args, *args, **kwargs)
 
 
@@ -163,7 +172,7 @@ class FrontDoor:
         self.index.finished(rid, output_ids, time.monotonic(), completed)
 
 
-_front: Optional[FrontDoor] = None  # set when a server or Engine launches with the controller on
+_enabled_here = False  # a server or Engine with the controller on was launched in this process
 
 
 def dp_rank(agent_id: str, dp_size: int) -> int:
@@ -194,34 +203,37 @@ def generate_request_around(original, self, obj, request=None, *args, **kwargs):
     key = _engine_routing_key.get()
     if key is not None and getattr(obj, "routing_key", None) is None:
         obj.routing_key = key
-    if _front is not None and hasattr(obj, "routing_key") and hasattr(obj, "sampling_params"):
-        _front.accept(obj, request)
+    front = getattr(self, "_concur_front", None)
+    if front is not None and hasattr(obj, "routing_key") and hasattr(obj, "sampling_params"):
+        front.accept(obj, request)
     return original(self, obj, request, *args, **kwargs)
 
 
 # --- hook: GenerateReqInput.__getitem__ (AFTER): a batch's parts keep their routing keys ------
 def getitem_after(result, self, i):
     key = getattr(self, "routing_key", None)
-    if _front is not None and key is not None and getattr(result, "routing_key", None) is None:
+    if _enabled_here and key is not None and getattr(result, "routing_key", None) is None:
         result.routing_key = key[i] if isinstance(key, (list, tuple)) else key
     return result
 
 
 # --- hooks: TokenizerManager._dispatch_to_scheduler / _handle_batch_output (AROUND) ----------
 def dispatch_around(original, self, obj):
-    if _front is not None:
+    front = getattr(self, "_concur_front", None)
+    if front is not None:
         from sglang.srt.managers.io_struct import BatchTokenizedGenerateReqInput, TokenizedGenerateReqInput
 
         if isinstance(obj, TokenizedGenerateReqInput):
-            _front.dispatch(obj)
+            front.dispatch(obj)
         elif isinstance(obj, BatchTokenizedGenerateReqInput):
             for t in obj.batch:
-                _front.dispatch(t)
+                front.dispatch(t)
     return original(self, obj)
 
 
 async def handle_batch_output_around(original, self, recv_obj):
-    watched = _front.watched(getattr(recv_obj, "rids", None) or []) if _front is not None else []
+    front = getattr(self, "_concur_front", None)
+    watched = front.watched(getattr(recv_obj, "rids", None) or []) if front is not None else []
     if not watched:
         return await original(self, recv_obj)
     reasons = dict(zip(recv_obj.rids, recv_obj.finished_reasons))
@@ -230,7 +242,7 @@ async def handle_batch_output_around(original, self, recv_obj):
     for rid, state in states.items():
         reason = reasons[rid] or {}
         completed = reason.get("type") != "abort" and state is not None
-        _front.finished(rid, list(state.output_ids) if completed else [], completed)
+        front.finished(rid, list(state.output_ids) if completed else [], completed)
     return out
 
 
@@ -290,7 +302,11 @@ def add_routes() -> None:
 
     @app.get("/concur/status")
     async def concur_status():
-        return ORJSONResponse({"ranks": await _control(tm(), "status")})
+        out: Dict[str, Any] = {"ranks": await _control(tm(), "status")}
+        front = getattr(tm(), "_concur_front", None)
+        if front is not None and front.index is not None:
+            out["inference"] = {"contexts": len(front.index.contexts), "pending": len(front.index.pending)}
+        return ORJSONResponse(out)
 
     @app.post("/concur/agents/{agent_id:path}/end")
     async def concur_end_agent(agent_id: str):

@@ -30,13 +30,15 @@ class ServerProcess:
     log_path: str
     proc: Optional[subprocess.Popen] = None
     env: Dict[str, str] = field(default_factory=dict)
+    cmd: Optional[List[str]] = None  # a launcher of one's own (default: python -m sglang.launch_server ARGS)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 300.0) -> "ServerProcess":
-        cmd = [sys.executable, "-m", "sglang.launch_server", *self.args, "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = self.cmd or [sys.executable, "-m", "sglang.launch_server", *self.args, "--host", "127.0.0.1",
+                           "--port", str(self.port)]
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env or None,
                                      start_new_session=True)
