@@ -21,6 +21,7 @@ if [ ! -f "$VENV/.sglang-cpu-ok" ]; then
   touch "$VENV/.sglang-cpu-ok"
 fi
 . "$VENV/bin/activate"
+python -c "import hypothesis" 2>/dev/null || pip install -q hypothesis   # property tests
 pip install -q --no-deps --no-build-isolation -e "$ROOT"
 . "$ROOT/scripts/cpu_env.sh"
 python -m sglang_concur.tiny_model "$ROOT/models" >/dev/null
