@@ -172,7 +172,8 @@ def main() -> None:
     with open(os.path.join(a.out, "results.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
-    ok = c["lost"] == 0 and c["answered"] + c["aborted_by_client"] + c["refused"] == c["requests"]
+    ok = (c["lost"] == 0 and c["answered"] + c["aborted_by_client"] + c["refused"] == c["requests"]
+          and res["final"]["held_requests"] == 0)
     sys.exit(0 if ok else 1)
 
 

@@ -138,3 +138,23 @@ def test_sweep_rejects_unknown_run_names_before_doing_anything(tmp_path):
     with pytest.raises(SystemExit, match=r"--runs: unknown run\(s\) \['concur-fast'\].*concur-native"):
         main(["sweep", "--preset", "cpu", "--runs", "sglang-cap4,concur-fast", "--out", str(tmp_path)])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "--agents", "0"], "--agents: must be an integer >= 1, got '0'"),
+    (["compare", "--max-total-tokens", "0"], "--max-total-tokens: must be an integer >= 1, got '0'"),
+    (["compare", "--long-fraction", "2"], "--long-fraction"),
+    (["compare", "--trace", "/nonexistent/trace.jsonl"], "No such file or directory: '/nonexistent/trace.jsonl'"),
+    (["sweep", "--time-scales", "1,x"], "--time-scales"),
+    (["sweep", "--clients", "routing-key,telepathy"], "--clients"),
+])
+def test_bench_cli_bad_input_is_one_line_before_any_server_starts(tmp_path, argv, message):
+    """The benchmark CLI as a user runs it: exit status 2 or 1, one line on stderr, no traceback."""
+    import subprocess, sys
+
+    p = subprocess.run([sys.executable, "-m", "sglang_concur.bench", *argv, "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode in (1, 2), p
+    assert "Traceback" not in p.stderr and message in err[-1], p.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing ran

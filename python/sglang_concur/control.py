@@ -16,14 +16,14 @@ costs are weighed, both measured: recomputed history R (too many agents: their h
 each other) and lost work I (too few: the engine idles while the gate holds agents back, because
 every admitted agent is in a tool):
 
-    B <- B * beta        if R > max(R_max, I) and not settling     (recompute costs more than it fills)
-    B <- B + max(g1, g2)  if agents are held and not settling, with
-           g1 = step * capacity      if R <= R_max / 2 and B < capacity  (every footprint still fits)
-           g2 = used * I / (1 - I)   if I > R  (the admitted agents keep the engine busy only 1 - I of
-                                                the time: admit I / (1 - I) more of the same; at most B)
-    B <- B               otherwise
+    B <- B * beta       if R > max(R_max, I) and not settling      (recompute costs more than idling)
+    B <- B + step * C   if agents are held, not settling, R <= R_max / 2, and
+                           B < C  (every predicted footprint still fits)  or  I > R  (work is lost)
+    B <- B              otherwise
 
-Recompute lags a cut (agents whose history was already evicted still come back to recompute it),
+Growth is additive (a twentieth of the pool per interval) so that recompute, which shows only when
+an over-admitted agent returns from its tool, arrives before the budget has run far past the point
+where it starts.  Recompute lags a cut (agents whose history was already evicted still come back to recompute it),
 so after a cut the budget settles (neither cut again nor grown) until as many turns have returned
 as there were active agents.  The budget starts at a quarter of the capacity (a slow start: prices
 rest on a prior until agents have grown and ended) and moves within [capacity / 4, capacity *
@@ -56,6 +56,7 @@ class Signals:
     lost_work: float = 0.0  # share of the interval the engine idled while the gate held requests
     used: float = 0.0  # the admitted amount (window units held by the active agents)
     overlap: float = 1.0  # (LLM + tool time) / LLM time per turn: how far the pool may be overcommitted
+    probe: bool = False  # a turn cycle has passed since the last probe: lost work may be filled at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +143,10 @@ class NativePolicy:
             if not s.settling:
                 window *= p.beta
         elif s.held_agents > 0 and not s.settling:
-            fill = p.step * c if r <= p.recompute_threshold / 2 and window < p.max_share * c else 0.0
-            i = s.lost_work
-            overlap = min(window, s.used * i / (1 - i)) if i < 1 else window
-            window += max(fill, overlap if i > r else 0.0)
+            i, low = s.lost_work, r <= p.recompute_threshold / 2
+            fill = p.step * c if low and (window < p.max_share * c or i > r) else 0.0
+            probe = min(window, s.used * i / (1 - i)) if s.probe and i > r and i < 1 else 0.0
+            window += max(fill, probe)
         top = max(p.max_share, s.overlap) * c
         return min(max(window, p.min_share * c), top)
 

@@ -72,6 +72,11 @@ class ConcurController:
     llm_times: Deque[float] = field(default_factory=lambda: deque(maxlen=512))  # admission -> reply, per turn
     now: float = 0.0  # the time of the last event (idle agents' prices are read at it)
     last_control: float = 0.0  # the time of the last control step
+    recent: Deque[Tuple[int, int, float, float]] = field(default_factory=lambda: deque(maxlen=64))  # per interval:
+    # (recomputed, returning prompt tokens, lost seconds, seconds), the signals' horizon: one turn cycle
+    last_probe: float = 0.0  # when the budget last grew by the lost work (at most once per turn cycle)
+    ended_by_call: int = 0  # agents the client ended (the end call)
+    stopped_silently: int = 0  # agents forgotten at the idle timeout (no end call, never came back)
 
     @classmethod
     def create(cls, config: ConcurConfig, now: float, capacity: float) -> "ConcurController":
@@ -125,7 +130,15 @@ class ConcurController:
         led = self.ledger.agents.get(a.agent_id)
         turns = led.turns if led else 0
         more = self.remaining[turns] if turns < len(self.remaining) else max(1.0, turns)
-        return self.gaps.p_return(now - a.idle_since, 1.0 / (1.0 + more))
+        return self.gaps.p_return(now - a.idle_since, self.p_silent() / (1.0 + more))
+
+    def p_silent(self) -> float:
+        """P(an agent that stops does so without an end call): 1 until the client has sent one; then
+        the smoothed share of stopped agents that went silently.  A client that ends its agents
+        leaves an idle agent in a tool until its gap is longer than (nearly) any gap seen."""
+        if not self.ended_by_call:
+            return 1.0
+        return (self.stopped_silently + 1) / (self.stopped_silently + self.ended_by_call + 2)
 
     def charge(self, agent: str) -> float:
         """What an active agent holds of the window now: its price, or nothing once it looks gone."""
@@ -181,6 +194,26 @@ class ConcurController:
             return True
         return False
 
+    def horizon_signals(self) -> Tuple[Optional[float], float]:
+        """Recompute ratio and lost-work share over the last turn cycle (mean LLM time + mean gap,
+        measured; one interval until both are): the two costs the native law weighs, each seen
+        over the time an admission takes to show its effect."""
+        cycle = self.cycle()
+        cycle = 0.0 if cycle == float("inf") else cycle
+        rec = ret = lost = secs = 0.0
+        for r, p, l, e in reversed(self.recent):
+            rec, ret, lost, secs = rec + r, ret + p, lost + l, secs + e
+            if secs >= cycle:
+                break
+        return (rec / ret if ret else None), (min(1.0, lost / secs) if secs > 0 else 0.0)
+
+    def cycle(self) -> float:
+        """Mean LLM time + mean gap per turn, measured (inf until both are): how long an admission
+        takes to show its effect."""
+        if not self.llm_times or not len(self.gaps):
+            return float("inf")
+        return sum(self.llm_times) / len(self.llm_times) + self.gaps.mean()
+
     def overlap(self) -> float:
         """(LLM + tool time) / LLM time per turn, measured (1 until both are)."""
         if not self.llm_times or not len(self.gaps):
@@ -199,6 +232,7 @@ class ConcurController:
         queued = dict.fromkeys(queued)
         self.table.touch(queued, now)
         for aid in self.table.expire(now, busy):
+            self.stopped_silently += 1
             self._forget(aid)
         agents = self.table.agents
         for aid in [a for a in self.pending_prompt if a not in agents and a not in queued]:
@@ -212,19 +246,21 @@ class ConcurController:
             prints = sorted(footprint(led, a, 0, self.default_growth, self.remaining, self.ceiling) for a in led.agents)
             self.typical = prints[len(prints) // 2] if prints else 0.0
         self.table.refresh(self.charge)
-        returning = led.admitted_prompt_tokens - iv.returning
-        ratio = (led.admitted_recomputed - iv.recomputed) / returning if returning else None
-        held_agents = len({r.routing_key for r in self.held})
-        elapsed = now - self.last_control
+        self.recent.append((led.admitted_recomputed - iv.recomputed, led.admitted_prompt_tokens - iv.returning,
+                            iv.lost, now - self.last_control))
         self.last_control = now
-        lost = min(1.0, iv.lost / elapsed) if elapsed > 0 else 0.0
+        ratio, lost = self.horizon_signals()
+        cycle = self.cycle()
+        held_agents = len({r.routing_key for r in self.held})
         s = Signals(kv_usage=kv_usage, hit_rate=iv.hit_rate(), recompute_ratio=ratio, held_agents=held_agents,
                     settling=led.returning_turns < self.settle_until_turns, lost_work=lost,
-                    used=self.table.used, overlap=self.overlap())
+                    used=self.table.used, overlap=self.overlap(), probe=now - self.last_probe >= cycle)
         self.last_signals = s
         self.interval = IntervalStats(recomputed=led.admitted_recomputed, returning=led.admitted_prompt_tokens)
         old = self.window_size(self.window)
         window = self.policy.next_window(self.window, s)
+        if self.budgets_tokens and window > self.window + self.policy.params.step * self.policy.capacity + 1e-9:
+            self.last_probe = now
         if window < self.window:  # a cut: let every active agent come back once before the next
             self.settle_until_turns = led.returning_turns + max(1, len(self.table.active))
             if self.budgets_tokens and s.recompute_ratio is not None and s.recompute_ratio > 4 * self.policy.params.recompute_threshold:
@@ -257,6 +293,7 @@ class ConcurController:
     def end(self, agent_id: str, inflight: int = 0) -> bool:
         """Explicit end.  With requests in flight the agent holds no room and leaves when they finish."""
         known = self.table.end(agent_id, inflight)
+        self.ended_by_call += known
         if agent_id not in self.table.agents:
             self._forget(agent_id)
         return known

@@ -4,7 +4,7 @@
 the whole history, generates `output_tokens`, waits `tool_latency_s`, then appends `append_tokens`).
 `shape_stats(agents)` gives the statistics to hold against the cited figures.  Each shape's
 parameters are a frozen `ShapeParams` in `SHAPES`, with its sources, assumptions and the cited
-figures it is calibrated to (`targets`).  See docs/trace-shapes.md for the derivations and a table
+figures it is calibrated to (`targets`).  See docs/benchmark.md (Trace shapes) for the derivations and a table
 of generated vs cited statistics.
 """
 
