@@ -16,14 +16,17 @@ costs are weighed, both measured: recomputed history R (too many agents: their h
 each other) and lost work I (too few: the engine idles while the gate holds agents back, because
 every admitted agent is in a tool):
 
-    B <- B * beta       if R > max(R_max, I) and not settling      (recompute costs more than idling)
-    B <- B + step * C   if agents are held, not settling, R <= R_max / 2, and
-                           B < C  (every predicted footprint still fits)  or  I > R  (work is lost)
-    B <- B              otherwise
+    B <- B * beta             if R > max(R_max, I) and not settling   (recompute costs more than idling)
+    B <- B + max(fill, probe) if agents are held and not settling, with
+         fill  = step * C         if R <= R_max / 2 and (B < C or I > R)   (footprints fit, or work is lost)
+         probe = used * I / (1-I) if I > R and a turn cycle has passed since the last probe (at most B):
+                                  the admitted agents kept the engine busy only 1 - I of the time, so
+                                  admit I / (1 - I) more of the same, then wait one cycle to see the effect
+    B <- B                    otherwise
 
-Growth is additive (a twentieth of the pool per interval) so that recompute, which shows only when
-an over-admitted agent returns from its tool, arrives before the budget has run far past the point
-where it starts.  Recompute lags a cut (agents whose history was already evicted still come back to recompute it),
+R and I are measured over the last turn cycle (mean LLM time + mean gap between turns), the time an
+admission takes to show its effect; the probe, like BBR's, fills measured idle time at once and
+then waits a cycle, and the fill is additive (a twentieth of the pool per interval).  Recompute lags a cut (agents whose history was already evicted still come back to recompute it),
 so after a cut the budget settles (neither cut again nor grown) until as many turns have returned
 as there were active agents.  The budget starts at a quarter of the capacity (a slow start: prices
 rest on a prior until agents have grown and ended) and moves within [capacity / 4, capacity *
