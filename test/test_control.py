@@ -73,6 +73,11 @@ def test_native_work_conserving_engine_idle_with_agents_held_and_no_recompute_ad
     # not need their cache until they return), a twentieth of the pool per interval
     assert n.next_window(10_000, native_sig(r=0.0, held=3, lost=0.4, used=6_000, overlap=4.0)) == 10_500
     assert n.next_window(10_000, native_sig(r=0.0, held=3, lost=0.0, used=6_000, overlap=4.0)) == 10_000  # busy: hold
+    # once per turn cycle it probes: the engine idled 40% with 6000 tokens admitted -> 6000 * 0.4 / 0.6 more
+    assert n.next_window(10_000, native_sig(r=0.0, held=3, lost=0.4, used=6_000, overlap=4.0, probe=True)) == 14_000
+    assert n.next_window(10_000, native_sig(r=0.0, held=3, lost=0.9, used=6_000, overlap=4.0, probe=True)) == 20_000  # at most double
+    assert n.next_window(10_000, native_sig(r=0.1, held=3, lost=0.4, used=6_000, overlap=4.0, probe=True)) == 14_000  # idling costs more
+    assert n.next_window(10_000, native_sig(r=0.0, held=0, lost=0.9, used=6_000, overlap=4.0, probe=True)) == 10_000  # none held
     # ...up to the pool times the measured overlap of tools and LLM calls
     assert n.next_window(39_800, native_sig(r=0.0, held=3, lost=0.4, used=30_000, overlap=4.0)) == 40_000
     assert n.next_window(20_000, native_sig(r=0.0, held=3, lost=0.4, used=9_000, overlap=1.5)) == 15_000  # overlap fell
