@@ -52,9 +52,11 @@ def test_an_agent_that_stops_without_an_end_call_lets_a_waiting_agent_in_within_
         a.turn()
         b.turn()
         time.sleep(GAP)  # the tool: the client's own time, not a synchronisation
+    # c arrives while a and b are between turns for less than their usual gap: the window is full
     c = Background(lambda: generate(url, [7, 7, 7], max_new_tokens=2, agent="lc-c", timeout=120))
-    wait_for(lambda: status(url)["held_requests"] == 1, what="lc-c held (window full)")
-    a.turn()
+    wait_for(lambda: "lc-c" in status(url)["agents"], what="lc-c seen by the gate")
+    a.turn()  # a is busy meanwhile; b is idle for less than one of its gaps
+    assert not c.done and status(url)["agents"]["lc-c"]["state"] == "waiting"
     stopped = b.turn()  # b's last turn: it never comes back (no end call)
     for _ in range(20):  # a keeps working; c must get b's room within a few gaps
         time.sleep(GAP)
@@ -79,8 +81,9 @@ def test_a_released_agent_that_returns_pauses_at_its_turn_boundary_and_resumes_b
     wait_for(lambda: all(status(url)["agents"][x]["released"] for x in ("rs-a", "rs-b")),
              timeout=IDLE_TIMEOUT - 2, what="both idle agents to release their rooms")
     # two new agents take the rooms, each with a long request in flight (it cannot be released meanwhile)
-    long = [Background(lambda i=i: generate(url, [30 + i, 31], max_new_tokens=400, agent=f"rs-c{i}", timeout=300))
-            for i in range(2)]
+    # (of different lengths: one room frees first, and it must go to the returning agent)
+    long = [Background(lambda i=i: generate(url, [30 + i, 31], max_new_tokens=300 + 500 * i, agent=f"rs-c{i}",
+                                            timeout=300)) for i in range(2)]
     wait_for(lambda: all(status(url)["agents"].get(f"rs-c{i}", {}).get("state") == "active" for i in range(2)),
              what="both new agents running")
     d = Background(lambda: generate(url, [9, 9, 9], max_new_tokens=2, agent="rs-d", timeout=300))
