@@ -45,7 +45,7 @@ def run_agents(url: str, prefix: str, header: bool = False) -> None:
 
 @pytest.mark.parametrize("policy", ["static", "aimd", "native"])
 def test_tp2_every_rank_takes_the_same_decisions(tiny_model, policy):
-    extra = {"static": ["--concur-initial-window", "3"], "aimd": ["--concur-initial-window", "2"], "native": []}[policy]
+    extra = {"static": ["--concur-initial-window", "3"], "aimd": ["--concur-initial-window", "2", "--concur-max-window", "4"], "native": []}[policy]
     flags = ["--tp-size", "2", "--concur-enable", "--concur-policy", policy, "--concur-control-interval", "0.1",
              "--log-level", "info", *extra]
     srv = cpu_server(tiny_model, flags, max_total_tokens=900)
