@@ -120,33 +120,6 @@ def test_an_agent_that_stops_without_an_end_call_releases_its_room_within_a_few_
     assert c.table.used == 2.0 and "a" not in c.ledger.provisional and c.gaps._order[-1] == 4.0
 
 
-def test_a_client_that_sends_end_calls_keeps_an_idle_agent_in_its_tool_until_its_gap_is_unusually_long():
-    """The same idle agents as above, but the client has ended agents by call: an idle agent is far
-    more likely in a tool than gone silently, so a gap of the usual length releases nothing; agents
-    that then never come back are forgotten at the idle timeout and teach that this client does not
-    always end its agents."""
-    c = static_controller(window=3, idle_timeout=100.0)
-    for k in range(20):  # 38 gaps of 2 s
-        for agent in ("a", "b"):
-            turn(c, agent, 3.0 * k, 3.0 * k + 1.0)
-    for k in range(3):  # the client ends its agents: three did so by call
-        turn(c, f"done{k}", 0.0, 1.0)
-        assert c.end(f"done{k}") is True
-    assert c.p_silent() == 1 / 5
-    c.control_step(61.5, kv_usage=0.5, busy={})  # 3.5 s idle: without end calls seen, this releases them
-    assert c.table.used == 2.0 and not c.ledger.provisional
-    assert c.status()["agents"]["a"]["p_return"] >= 0.5
-    c2 = static_controller(window=3)
-    for k in range(20):
-        for agent in ("a", "b"):
-            turn(c2, agent, 3.0 * k, 3.0 * k + 1.0)
-    c2.control_step(61.5, kv_usage=0.5, busy={})
-    assert c2.table.used == 0.0  # the same agents, a client that never ends agents: released
-    c.control_step(160.0, kv_usage=0.5, busy={})  # the idle timeout: gone without an end call
-    assert c.table.used == 0.0 and not set(c.table.agents) & {"a", "b"}
-    assert c.stopped_silently == 2 and c.p_silent() == 3 / 7
-
-
 def test_native_prices_a_new_agent_by_its_queued_prompt_and_a_full_table_makes_it_wait():
     c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="native"), now=0.0, capacity=10_000)
     c.request_arrived("a", 3_000, 0.0)

@@ -130,7 +130,7 @@ class ConcurController:
         led = self.ledger.agents.get(a.agent_id)
         turns = led.turns if led else 0
         more = self.remaining[turns] if turns < len(self.remaining) else max(1.0, turns)
-        return self.gaps.p_return(now - a.idle_since, self.p_silent() / (1.0 + more))
+        return self.gaps.p_return(now - a.idle_since, 1.0 / (1.0 + more))
 
     def p_silent(self) -> float:
         """P(an agent that stops does so without an end call): 1 until the client has sent one; then
