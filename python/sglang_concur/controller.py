@@ -75,8 +75,6 @@ class ConcurController:
     recent: Deque[Tuple[int, int, float, float]] = field(default_factory=lambda: deque(maxlen=64))  # per interval:
     # (recomputed, returning prompt tokens, lost seconds, seconds), the signals' horizon: one turn cycle
     last_probe: float = 0.0  # when the budget last grew by the lost work (at most once per turn cycle)
-    ended_by_call: int = 0  # agents the client ended (the end call)
-    stopped_silently: int = 0  # agents forgotten at the idle timeout (no end call, never came back)
 
     @classmethod
     def create(cls, config: ConcurConfig, now: float, capacity: float) -> "ConcurController":
@@ -132,13 +130,6 @@ class ConcurController:
         more = self.remaining[turns] if turns < len(self.remaining) else max(1.0, turns)
         return self.gaps.p_return(now - a.idle_since, 1.0 / (1.0 + more))
 
-    def p_silent(self) -> float:
-        """P(an agent that stops does so without an end call): 1 until the client has sent one; then
-        the smoothed share of stopped agents that went silently.  A client that ends its agents
-        leaves an idle agent in a tool until its gap is longer than (nearly) any gap seen."""
-        if not self.ended_by_call:
-            return 1.0
-        return (self.stopped_silently + 1) / (self.stopped_silently + self.ended_by_call + 2)
 
     def charge(self, agent: str) -> float:
         """What an active agent holds of the window now: its price, or nothing once it looks gone."""
@@ -194,11 +185,10 @@ class ConcurController:
             return True
         return False
 
-    def horizon_signals(self) -> Tuple[Optional[float], float]:
+    def horizon_signals(self, cycle: float) -> Tuple[Optional[float], float]:
         """Recompute ratio and lost-work share over the last turn cycle (mean LLM time + mean gap,
         measured; one interval until both are): the two costs the native law weighs, each seen
         over the time an admission takes to show its effect."""
-        cycle = self.cycle()
         cycle = 0.0 if cycle == float("inf") else cycle
         rec = ret = lost = secs = 0.0
         for r, p, l, e in reversed(self.recent):
@@ -232,7 +222,6 @@ class ConcurController:
         queued = dict.fromkeys(queued)
         self.table.touch(queued, now)
         for aid in self.table.expire(now, busy):
-            self.stopped_silently += 1
             self._forget(aid)
         agents = self.table.agents
         for aid in [a for a in self.pending_prompt if a not in agents and a not in queued]:
@@ -249,8 +238,8 @@ class ConcurController:
         self.recent.append((led.admitted_recomputed - iv.recomputed, led.admitted_prompt_tokens - iv.returning,
                             iv.lost, now - self.last_control))
         self.last_control = now
-        ratio, lost = self.horizon_signals()
         cycle = self.cycle()
+        ratio, lost = self.horizon_signals(cycle)
         held_agents = len({r.routing_key for r in self.held})
         s = Signals(kv_usage=kv_usage, hit_rate=iv.hit_rate(), recompute_ratio=ratio, held_agents=held_agents,
                     settling=led.returning_turns < self.settle_until_turns, lost_work=lost,
@@ -293,7 +282,6 @@ class ConcurController:
     def end(self, agent_id: str, inflight: int = 0) -> bool:
         """Explicit end.  With requests in flight the agent holds no room and leaves when they finish."""
         known = self.table.end(agent_id, inflight)
-        self.ended_by_call += known
         if agent_id not in self.table.agents:
             self._forget(agent_id)
         return known
