@@ -173,3 +173,21 @@ def test_token_costs_backfill_past_a_large_head_for_a_bounded_time():
     t.end("big0")
     assert t.update(8000, ["big1", "s3"], {"s2": 1}, 41.0, cost=sizes.get) == {"big1", "s2", "s3"}
     assert t.agents["big1"].blocked_since is None
+
+
+def test_holds_count_each_agent_held_back_once_per_wait():
+    t = AdmissionTable(idle_timeout=60)
+    t.update(1, ["a", "b"], {}, 0.0)
+    assert t.holds == 1  # b refused
+    t.update(1, ["b"], {"a": 1}, 1.0)
+    assert t.holds == 1  # still the same wait
+    assert t.must_wait("c", 1, 1.5) and t.holds == 2  # a new agent behind b, held without a decision
+    t.end("a")
+    assert t.update(1, ["b", "c"], {}, 2.0) == {"b"} and t.holds == 2
+    t.update(1, ["x"], {"b": 1}, 2.5)
+    assert t.holds == 3
+    t.end("b")
+    t.update(1, ["c"], {}, 3.0)
+    assert t.update(0.5, ["c"], {}, 4.0) == {"c"}  # one agent always stays admitted: no pause
+    t.update(2, ["x"], {}, 5.0)  # c and x admitted
+    assert t.update(1, ["c"], {"x": 1}, 6.0) == {"x"} and t.holds == 4  # c paused at its turn: a new wait

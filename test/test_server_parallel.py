@@ -56,10 +56,9 @@ def test_tp2_every_rank_takes_the_same_decisions(tiny_model, policy):
         digests = st["decision_digests"]
         assert len(digests) == 2 and digests[0] == digests[1], digests
         assert st["decision_digest"] == digests[0] and st["held_requests"] == 0
+        # 6 agents, none ends, at most 3 or 4 admitted (native: a 900-token pool): some waited
+        assert st["held_agents_total"] > 0, "the gate never held or paused an agent: the test checked nothing"
         log = open(srv.log_path).read()
-    held = [int(w) + int(p) for p, w in re.findall(r"paused=(\d+), waiting=(\d+)", log)]
-    if policy != "static":
-        assert held and max(held) > 0, "the gate never held or paused an agent: the test checked nothing"
     # every window change was logged by both ranks, with the same digest
     changes = Counter(re.findall(r"concur window change, (old=\d+, new=\d+).*digest=([0-9a-f]+)", log))
     assert all(n % 2 == 0 for n in changes.values()), changes

@@ -46,6 +46,7 @@ class Agent:
     resumed: bool = False  # admitted again after a pause: its next turn may recompute what the pause cost
     blocked_since: Optional[float] = None  # first time it was next in line and did not fit
     idle_since: Optional[float] = None  # when its last request finished, until its next one arrives
+    held: bool = False  # held back (waiting or paused) since its last admission: counted in `holds` once
 
 
 Cost = Callable[[str], float]
@@ -67,6 +68,7 @@ class AdmissionTable:
     ending: Dict[str, None] = field(default_factory=dict)  # ENDING agents: what they have queued still runs
     used: float = 0.0  # window units held by the active agents
     digest: int = 0  # crc32 over every state change, in order: equal on ranks that decided alike
+    holds: int = 0  # agents held back so far: a claim refused by a decision, or a pause (once per wait)
     _seq: "itertools.count[int]" = field(default_factory=itertools.count)
 
     def update(self, window: float, wanting: Iterable[str], inflight: Mapping[str, int], now: float,
@@ -121,6 +123,12 @@ class AdmissionTable:
                 a.resumed = a.state is AgentState.PAUSED
                 self._set(a, AgentState.ACTIVE)
                 a.admissions += 1
+            for a in claims:
+                if a.state is not AgentState.ACTIVE:
+                    self._hold(a)
+        elif claims:
+            for a in claims:
+                self._hold(a)
         return self.active.keys()
 
     def must_wait(self, agent_id: str, window: float, now: float, cost: Optional[Cost] = None) -> bool:
@@ -132,7 +140,7 @@ class AdmissionTable:
         c = 1.0 if cost is None else cost(agent_id)
         if self.used + c <= (int(window) if cost is None else window):
             return False
-        self.agents[agent_id] = Agent(agent_id, AgentState.WAITING, next(self._seq), now)
+        self._hold(self.agents.setdefault(agent_id, Agent(agent_id, AgentState.WAITING, next(self._seq), now)))
         self.digest = zlib.crc32(f"{agent_id}>waiting;".encode(), self.digest)
         return True
 
@@ -230,7 +238,16 @@ class AdmissionTable:
             self.used -= a.cost
         self.digest = zlib.crc32(f"{agent_id}>gone;".encode(), self.digest)
 
+    def _hold(self, a: Agent) -> None:
+        if not a.held:
+            a.held = True
+            self.holds += 1
+
     def _set(self, a: Agent, state: AgentState) -> None:
+        if state is AgentState.PAUSED:
+            self._hold(a)
+        elif state is AgentState.ACTIVE:
+            a.held = False
         if state is AgentState.ACTIVE and a.state is not AgentState.ACTIVE:
             self.active[a.agent_id] = None
             self.used += a.cost

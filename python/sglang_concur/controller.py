@@ -304,6 +304,7 @@ class ConcurController:
             "paused_agents": c.paused,
             "waiting_agents": c.waiting,
             "held_requests": len(self.held),
+            "held_agents_total": self.table.holds,
             **{f"kv_tokens_{kind}": n for kind, n in self.kv_tokens().items()},
             "evicted_tokens": self.ledger.evicted_tokens,
             "recomputed_tokens": self.ledger.recomputed_tokens,

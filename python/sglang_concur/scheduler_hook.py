@@ -358,6 +358,8 @@ class _Metrics:
         self.hit_rate = gauge("sglang:concur_hit_rate", "Prefix hit rate over the last control interval.")
         self.lost_work = gauge("sglang:concur_lost_work", "Share of the last control interval the engine idled "
                                                           "while the gate held requests.")
+        self.holds = Counter("sglang:concur_held_agents", "Agents held back by the gate (waiting or paused), "
+                             "once per wait.", labelnames=names)
         self.changes = Counter("sglang:concur_window_changes", "Window changes.", labelnames=names + ["direction"])
         self.evicted = Counter("sglang:concur_evicted_tokens", "Tokens evicted from the radix cache.", labelnames=names)
         self.recomputed = Counter("sglang:concur_recomputed_tokens",
@@ -365,7 +367,7 @@ class _Metrics:
         self.kv_tokens = Gauge("sglang:concur_kv_tokens", "KV slots held, measured on the device: by active agents, "
                                "by the others (paused, waiting, idle), shared by several agents (counted once).",
                                labelnames=names + ["kind"], multiprocess_mode="mostrecent")
-        self._reported = (0, 0)
+        self._reported = (0, 0, 0)
 
     def observe(self, ctl: ConcurController, changed: Optional[tuple]) -> None:
         c, lab = ctl.table.counts(), self.labels
@@ -381,10 +383,11 @@ class _Metrics:
             self.hit_rate.labels(**lab).set(sig.hit_rate)
         for kind, n in ctl.kv_tokens().items():
             self.kv_tokens.labels(**lab, kind=kind).set(n)
-        ev, rc = ctl.ledger.evicted_tokens, ctl.ledger.recomputed_tokens
+        ev, rc, ho = ctl.ledger.evicted_tokens, ctl.ledger.recomputed_tokens, ctl.table.holds
         self.evicted.labels(**lab).inc(ev - self._reported[0])
         self.recomputed.labels(**lab).inc(rc - self._reported[1])
-        self._reported = (ev, rc)
+        self.holds.labels(**lab).inc(ho - self._reported[2])
+        self._reported = (ev, rc, ho)
         if changed is not None:
             self.changes.labels(**lab, direction="up" if changed[1] > changed[0] else "down").inc()
 
