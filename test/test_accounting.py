@@ -1,6 +1,6 @@
 """The recompute ledger's arithmetic (pure)."""
 
-from sglang_concur.accounting import RecomputeLedger
+from sglang_concur.accounting import RecomputeLedger, stagger
 
 
 def test_first_turn_never_recomputes_and_later_turns_count_the_lost_part():
@@ -56,3 +56,13 @@ def test_footprint_projects_own_growth_over_expected_life_up_to_the_ceiling():
     assert footprint(led, "a", 0, 0.0, remaining, ceiling=300) == 500
     # an agent not seen yet: its queued prompt and the mean growth over a whole expected life
     assert footprint(led, "new", 250, 50.0, remaining) == 250 + 50 * 10.0
+
+
+def test_stagger_is_one_for_agents_of_one_age_and_grows_as_their_ages_spread():
+    assert stagger([]) == 1.0
+    same = [(100.0, 1100.0, 10.0)] * 4  # (now, at the end, turns left): they peak together at 4 x 1100
+    assert stagger(same) == 1.0
+    # one old agent ending next turn beside a young one: 1000 + 1000 at the ends, but the old one
+    # is gone before the young one has grown: the peak is max(1000 + 200, 1000) = 1200
+    assert abs(stagger([(900.0, 1000.0, 1.0), (100.0, 1000.0, 9.0)]) - 2000 / 1200) < 1e-9
+    assert stagger([(500.0, 400.0, 2.0)]) == 1.0  # an end below now (a capped projection): no shrinking

@@ -62,40 +62,40 @@ def test_native_budget_shrinks_on_recompute_grows_when_agents_held_and_is_bounde
     assert n.next_window(9_900, sig(0.0, held=1)) == 10_000            # ceiling: the capacity
 
 
-def native_sig(r=None, held=0, lost=0.0, used=0.0, overlap=1.0, settling=False, probe=False):
+def native_sig(r=None, held=0, lost=0.0, used=0.0, stagger=1.0, settling=False, probe=False):
     return Signals(0.9, 0.0, recompute_ratio=r, held_agents=held, settling=settling, lost_work=lost, used=used, probe=probe,
-                   overlap=overlap)
+                   stagger=stagger)
 
 
 def test_native_work_conserving_engine_idle_with_agents_held_and_no_recompute_admits_more():
     n = NativePolicy(NativeParams(), capacity=10_000)
     # at the pool: grows past it only while the engine idles with agents held (agents in tools do
     # not need their cache until they return), a twentieth of the pool per interval
-    assert n.next_window(10_000, native_sig(r=0.0, held=3, lost=0.4, used=6_000, overlap=4.0)) == 10_500
-    assert n.next_window(10_000, native_sig(r=0.0, held=3, lost=0.0, used=6_000, overlap=4.0)) == 10_000  # busy: hold
+    assert n.next_window(10_000, native_sig(r=0.0, held=3, lost=0.4, used=6_000, stagger=4.0)) == 10_500
+    assert n.next_window(10_000, native_sig(r=0.0, held=3, lost=0.0, used=6_000, stagger=4.0)) == 10_000  # busy: hold
     # once per turn cycle it probes: the engine idled 40% with 6000 tokens admitted -> 6000 * 0.4 / 0.6 more
-    assert n.next_window(10_000, native_sig(r=0.0, held=3, lost=0.4, used=6_000, overlap=4.0, probe=True)) == 14_000
-    assert n.next_window(10_000, native_sig(r=0.0, held=3, lost=0.9, used=6_000, overlap=4.0, probe=True)) == 20_000  # at most double
-    assert n.next_window(10_000, native_sig(r=0.1, held=3, lost=0.4, used=6_000, overlap=4.0, probe=True)) == 14_000  # idling costs more
-    assert n.next_window(10_000, native_sig(r=0.0, held=0, lost=0.9, used=6_000, overlap=4.0, probe=True)) == 10_000  # none held
-    # ...up to the pool times the measured overlap of tools and LLM calls
-    assert n.next_window(39_800, native_sig(r=0.0, held=3, lost=0.4, used=30_000, overlap=4.0)) == 40_000
-    assert n.next_window(20_000, native_sig(r=0.0, held=3, lost=0.4, used=9_000, overlap=1.5)) == 15_000  # overlap fell
+    assert n.next_window(10_000, native_sig(r=0.0, held=3, lost=0.4, used=6_000, stagger=4.0, probe=True)) == 14_000
+    assert n.next_window(10_000, native_sig(r=0.0, held=3, lost=0.9, used=6_000, stagger=4.0, probe=True)) == 20_000  # at most double
+    assert n.next_window(10_000, native_sig(r=0.1, held=3, lost=0.4, used=6_000, stagger=4.0, probe=True)) == 14_000  # idling costs more
+    assert n.next_window(10_000, native_sig(r=0.0, held=0, lost=0.9, used=6_000, stagger=4.0, probe=True)) == 10_000  # none held
+    # ...up to the pool times the stagger of the agents' ages (their footprints do not peak together)
+    assert n.next_window(39_800, native_sig(r=0.0, held=3, lost=0.4, used=30_000, stagger=4.0)) == 40_000
+    assert n.next_window(20_000, native_sig(r=0.0, held=3, lost=0.4, used=9_000, stagger=1.5)) == 15_000  # the stagger fell
     # below the pool every footprint still fits: it grows while agents are held, idle or not
-    assert n.next_window(5_000, native_sig(r=0.0, held=3, lost=0.0, used=5_000, overlap=1.0)) == 5_500
+    assert n.next_window(5_000, native_sig(r=0.0, held=3, lost=0.0, used=5_000, stagger=1.0)) == 5_500
 
 
 def test_native_recompute_rising_backs_off_unless_it_only_fills_idle_time():
     n = NativePolicy(NativeParams(), capacity=10_000)
-    assert n.next_window(20_000, native_sig(r=0.10, held=3, used=20_000, overlap=4.0)) == 14_000  # costs work: cut
+    assert n.next_window(20_000, native_sig(r=0.10, held=3, used=20_000, stagger=4.0)) == 14_000  # costs work: cut
     # the engine idles more than it recomputes: no cut, but no growth either while recompute shows
-    assert n.next_window(20_000, native_sig(r=0.10, held=3, lost=0.30, used=7_000, overlap=4.0)) == 20_000
-    assert n.next_window(20_000, native_sig(r=0.02, held=3, lost=0.30, used=7_000, overlap=4.0)) == 20_500
-    assert n.next_window(20_000, native_sig(r=0.30, held=3, lost=0.20, used=20_000, overlap=4.0)) == 14_000  # overtaken
-    assert n.next_window(20_000, native_sig(r=0.30, held=3, lost=0.2, overlap=4.0, settling=True)) == 20_000
+    assert n.next_window(20_000, native_sig(r=0.10, held=3, lost=0.30, used=7_000, stagger=4.0)) == 20_000
+    assert n.next_window(20_000, native_sig(r=0.02, held=3, lost=0.30, used=7_000, stagger=4.0)) == 20_500
+    assert n.next_window(20_000, native_sig(r=0.30, held=3, lost=0.20, used=20_000, stagger=4.0)) == 14_000  # overtaken
+    assert n.next_window(20_000, native_sig(r=0.30, held=3, lost=0.2, stagger=4.0, settling=True)) == 20_000
 
 
 def test_native_nothing_held_no_growth_whatever_the_idle_time():
     n = NativePolicy(NativeParams(), capacity=10_000)
     for lost in (0.0, 0.5, 1.0):
-        assert n.next_window(8_000, native_sig(r=0.0, held=0, lost=lost, used=8_000, overlap=5.0)) == 8_000
+        assert n.next_window(8_000, native_sig(r=0.0, held=0, lost=lost, used=8_000, stagger=5.0)) == 8_000

@@ -105,7 +105,7 @@ def test_an_agent_that_stops_without_an_end_call_releases_its_room_within_a_few_
         for agent in ("a", "b"):
             turn(c, agent, 3.0 * k, 3.0 * k + 1.0)
     assert len(c.gaps) == 6 and c.gaps.mean() == 2.0
-    assert c.overlap() == 3.0  # (1 s LLM + 2 s tool) / 1 s LLM
+    assert c.cycle() == 3.0  # 1 s LLM + 2 s tool
     c.control_step(10.5, kv_usage=0.5, busy={})
     assert c.table.used == 2.0  # 0.5 s idle: both are in a tool
     c.request_arrived("new", 100, 10.5)

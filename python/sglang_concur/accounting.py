@@ -10,7 +10,7 @@ next prompt (when a client rewrites history, the count is bounded by the new pro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 
 @dataclass(slots=True)
@@ -138,20 +138,45 @@ def remaining_turns(lifetimes: Sequence[int], ages: Sequence[int], horizon: int)
     return out
 
 
-def footprint(ledger: RecomputeLedger, agent: str, pending_prompt: int, default_growth: float,
-              remaining: Sequence[float] = (), ceiling: float = float("inf")) -> float:
-    """Predicted KV tokens the agent will hold at its end: its private context (the shared prefix
-    is counted once, outside) grown at its own mean rate (else `default_growth`) for its expected
+def projection(ledger: RecomputeLedger, agent: str, pending_prompt: int, default_growth: float,
+               remaining: Sequence[float] = (), ceiling: float = float("inf")) -> Tuple[float, float, float]:
+    """(now, at its end, turns left) of the KV tokens the agent holds: its private context (the shared
+    prefix is counted once, outside) grown at its own mean rate (else `default_growth`) for its expected
     remaining turns (`remaining[turns]`, else as many as it has done), but not past `ceiling` (the
     largest context an ended agent reached) unless it is already there (then one more turn).  An
     agent not seen yet is priced by its queued prompt and the mean growth over a whole expected life."""
     a = ledger.agents.get(agent)
     if a is None or a.turns == 0:
-        return max(1.0, pending_prompt + default_growth * (remaining[0] if remaining else 1))
+        more = remaining[0] if remaining else 1.0
+        return float(pending_prompt), max(1.0, pending_prompt + default_growth * more), more
     g = default_growth if a.growth() is None else a.growth()
     base = max(a.context_cached, a.prompt, pending_prompt) - a.shared
     more = remaining[a.turns] if a.turns < len(remaining) else max(1, a.turns)
     projected = base + g * more
     if projected > ceiling:  # no agent has been seen to grow that far: at most the ceiling, at least one more turn
         projected = max(ceiling, base + g)
-    return max(1.0, projected)
+    return float(base), max(1.0, projected), float(more)
+
+
+def footprint(ledger: RecomputeLedger, agent: str, pending_prompt: int, default_growth: float,
+              remaining: Sequence[float] = (), ceiling: float = float("inf")) -> float:
+    """Predicted KV tokens the agent will hold at its end (`projection`)."""
+    return projection(ledger, agent, pending_prompt, default_growth, remaining, ceiling)[1]
+
+
+def stagger(agents: Iterable[Tuple[float, float, float]]) -> float:
+    """Sum of the agents' end footprints over the peak of their summed footprints in the coming turns
+    (>= 1), each agent growing linearly from now to its end, `turns left` turns ahead, then gone.
+    Agents of one age peak together (1: a budget of end footprints is the pool); agents of mixed ages
+    do not (the young grow while the old end), so a budget of end footprints may exceed the pool by
+    this factor.  O(n log n)."""
+    rows = sorted((max(1e-9, left), base, max(base, end)) for base, end, left in agents)
+    if not rows:
+        return 1.0
+    total = sum(end for _, _, end in rows)
+    peak = bases = slopes = 0.0
+    for left, base, end in reversed(rows):  # k = each agent's last turn, latest first: the agents still alive
+        bases += base
+        slopes += (end - base) / left
+        peak = max(peak, bases + slopes * left)
+    return max(1.0, total / peak) if peak > 0 else 1.0

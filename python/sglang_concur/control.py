@@ -30,11 +30,11 @@ then waits a cycle, and the fill is additive (a twentieth of the pool per interv
 so after a cut the budget settles (neither cut again nor grown) until as many turns have returned
 as there were active agents.  The budget starts at a quarter of the capacity (a slow start: prices
 rest on a prior until agents have grown and ended) and moves within [capacity / 4, capacity *
-overlap]: footprints are projected to each agent's end, so a budget of
-the whole pool is the most that fits at once; agents in tools do not need their cache until they
-return, so when the engine idles the budget may overcommit the pool up to `overlap` = (LLM time +
-tool time) / LLM time per turn, measured: the pool then holds the histories of the agents that are
-in an LLM call.
+stagger]: footprints are projected to each agent's end, so a budget of the whole pool is the most
+that fits at once while the agents are of one age (they all reach their ends together: at the start
+of a batch); once their ages spread, the young grow while the old end, and the sum of the end
+footprints exceeds the peak of what they hold together by the measured factor `stagger`
+(accounting.stagger, >= 1).
 
 R is the share of the returning turns' prompt tokens that were history evicted since the agent's
 last turn (recomputed), I the share of the interval the engine had nothing to run while the gate
@@ -58,7 +58,7 @@ class Signals:
     settling: bool = False  # the last cut has not been seen by every agent it affected yet
     lost_work: float = 0.0  # share of the interval the engine idled while the gate held requests
     used: float = 0.0  # the admitted amount (window units held by the active agents)
-    overlap: float = 1.0  # (LLM + tool time) / LLM time per turn: how far the pool may be overcommitted
+    stagger: float = 1.0  # end footprints of the active agents / their projected peak: how far the pool may be overcommitted
     probe: bool = False  # a turn cycle has passed since the last probe: lost work may be filled at once
 
 
@@ -150,7 +150,7 @@ class NativePolicy:
             fill = p.step * c if low and (window < p.max_share * c or i > r) else 0.0
             probe = min(window, s.used * i / (1 - i)) if s.probe and i > r and i < 1 else 0.0
             window += max(fill, probe)
-        top = max(p.max_share, s.overlap) * c
+        top = max(p.max_share, s.stagger) * c
         return min(max(window, p.min_share * c), top)
 
 

@@ -14,7 +14,7 @@ For `native` it also prices agents and decides when pausing is worth it:
 For every policy, an agent with nothing queued or in flight keeps its room while it is more
 likely in a tool than gone (agents.GapModel); then its room is released (the end call is an
 optimisation, never a requirement), and it is charged again the moment it returns.  The signals the native law
-weighs (recompute, lost work, the overlap of tools and LLM calls) are counted here from the
+weighs (recompute, lost work, the stagger of the agents' ages) are counted here from the
 events the glue reports.
 """
 
@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, Iterable, KeysView, List, Mapping, Optional, Tuple
 
-from sglang_concur.accounting import RecomputeLedger, footprint, remaining_turns
+from sglang_concur.accounting import RecomputeLedger, footprint, projection, remaining_turns, stagger
 from sglang_concur.admission import Agent, AdmissionTable, AgentState
 from sglang_concur.agents import GapModel, is_inferred
 from sglang_concur.config import ConcurConfig
@@ -204,12 +204,16 @@ class ConcurController:
             return float("inf")
         return sum(self.llm_times) / len(self.llm_times) + self.gaps.mean()
 
-    def overlap(self) -> float:
-        """(LLM + tool time) / LLM time per turn, measured (1 until both are)."""
-        if not self.llm_times or not len(self.gaps):
-            return 1.0
-        llm = sum(self.llm_times) / len(self.llm_times)
-        return 1.0 + self.gaps.mean() / llm if llm > 0 else 1.0
+    def stagger(self) -> float:
+        """How far the active agents' end footprints may exceed the pool (accounting.stagger): 1
+        while they are of one age, more as their ages spread (agents that look gone left out)."""
+        rows = []
+        for aid in self.table.active:
+            if self.table.agents[aid].cost > 0:
+                base, _, left = projection(self.ledger, aid, self.pending_prompt.get(aid, 0), self.default_growth,
+                                           self.remaining, self.ceiling)
+                rows.append((base, self.cost(aid), left))
+        return stagger(rows)
 
     # --- the control step (every control interval) -----------------------------------------
     def control_step(self, now: float, kv_usage: float, busy: Mapping[str, int],
@@ -243,7 +247,7 @@ class ConcurController:
         held_agents = len({r.routing_key for r in self.held})
         s = Signals(kv_usage=kv_usage, hit_rate=iv.hit_rate(), recompute_ratio=ratio, held_agents=held_agents,
                     settling=led.returning_turns < self.settle_until_turns, lost_work=lost,
-                    used=self.table.used, overlap=self.overlap(), probe=now - self.last_probe >= cycle)
+                    used=self.table.used, stagger=self.stagger() if self.budgets_tokens else 1.0, probe=now - self.last_probe >= cycle)
         self.last_signals = s
         self.interval = IntervalStats(recomputed=led.admitted_recomputed, returning=led.admitted_prompt_tokens)
         old = self.window_size(self.window)
@@ -310,7 +314,7 @@ class ConcurController:
             "recomputed_tokens": self.ledger.recomputed_tokens,
             "window_changes": dict(self.window_changes),
             "lost_work": None if s is None else s.lost_work,
-            "overlap": None if s is None else s.overlap,
+            "stagger": None if s is None else s.stagger,
             "decision_digest": f"{self.digest():08x}",
             "kv_usage": None if s is None else s.kv_usage,
             "hit_rate": None if s is None else s.hit_rate,
