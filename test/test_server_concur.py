@@ -151,6 +151,7 @@ def test_metrics_series(url):
     for name in ("sglang:concur_paused_agents", "sglang:concur_waiting_agents", "sglang:concur_held_requests",
                  "sglang:concur_lost_work"):
         assert name in values
+    assert values["sglang:concur_held_agents_total"] == st["held_agents_total"]
 
 
 # last in the module: the n>1 warm-up is a turn and the samples the next one, so this test makes the
