@@ -72,3 +72,20 @@ def test_metric_parsing():
     assert _metric(text, "sglang:token_usage", mean=True) == 0.375
     assert _metric(text, "sglang:concur_window") == 8.0
     assert _metric(text, "sglang:num_running_reqs") is None
+
+
+def test_openai_client_sends_as_many_tokens_as_the_trace_says(url, tiny_model):
+    """--client openai turns the trace's token ids into text: the server must tokenize it back into
+    as many tokens (plus the chat template), not more (a stray byte decodes to U+FFFD: three tokens)."""
+    turns = (Turn(append_tokens=200, output_tokens=4, tool_latency_s=0.05),) * 2
+    agents = [AgentTrace("oa-0", "oa", 300, 100, turns)]
+    res = run_trace(agents, RunConfig(label="oa", url=url, progress=False, client="openai", tokenizer=tiny_model))
+    assert res["failed_turns"] == 0 and res["turns_completed"] == 2
+    first = min(res["turns"], key=lambda t: t["turn"])
+    from transformers import AutoTokenizer
+
+    empty = [{"role": "system", "content": ""}, {"role": "user", "content": ""}]
+    ids = AutoTokenizer.from_pretrained(tiny_model).apply_chat_template(empty, add_generation_prompt=True)
+    template = len(ids["input_ids"] if hasattr(ids, "keys") else ids)  # (a BatchEncoding in newer transformers)
+    assert abs(first["prompt_tokens"] - (300 + 100 + template)) <= 2, (first["prompt_tokens"], template)
+    assert requests.get(url + "/concur/status", timeout=10).json()["ranks"][0]["agents"]["oa-0"]["turns"] == 2

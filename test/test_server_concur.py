@@ -1,10 +1,12 @@
 """--concur-enable --concur-agent-id routing-key on a real SGLang HTTP server (CPU): the static window
-gate, end signal, aborts, malformed agent ids, the agent id in the X-SMG-Routing-Key header, batches
+gate, end signal, aborts (a client timeout, a stream disconnected while held), malformed agent ids, the agent id in the X-SMG-Routing-Key header, batches
 and n>1, the queue limit, status and metrics.  One server for the whole module.  No agent here ever
 makes a second turn after an idle gap, so none is released for looking gone: slots free only by end
 calls (test_server_identity.py covers `auto` mode, test_server_lifecycle.py release)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import requests
@@ -138,6 +140,34 @@ def test_held_requests_do_not_make_an_admitted_agents_turn_a_503(url):
     assert all(x.result(timeout=300).ok for x in runners)
     end_agent(url, "q-late")
     wait_for(lambda: status(url)["agents"] == {}, what="every agent ended")
+
+
+def test_streaming_client_that_disconnects_while_held_leaks_nothing(url):
+    try:
+        _disconnect_while_held(url)
+    finally:
+        for a in ("sd-a", "sd-b", "sd-next", "sd-held", "sd-stream"):
+            end_agent(url, a)
+
+
+def _disconnect_while_held(url: str) -> None:
+    for a in ("sd-a", "sd-b"):  # the window (2) is full
+        assert generate(url, [5, 6], max_new_tokens=2, agent=a).ok
+    body = {"input_ids": [7, 8, 9], "routing_key": "sd-held", "stream": True,
+            "sampling_params": {"max_new_tokens": 8, "ignore_eos": True}}
+    resp = requests.post(url + "/generate", json=body, stream=True, timeout=60)
+    wait_for(lambda: status(url)["held_requests"] == 1, what="the streaming request held")
+    resp.close()  # the client goes away while held
+    wait_for(lambda: status(url)["held_requests"] == 0, what="SGLang to abort the disconnected request")
+    assert status(url)["agents"]["sd-held"]["state"] == "waiting"  # never admitted, holds nothing
+    end_agent(url, "sd-a")
+    r = generate(url, [1, 1], max_new_tokens=2, agent="sd-next")  # the room is usable at once
+    assert r.ok
+    end_agent(url, "sd-b")  # (a new agent: a second turn of sd-b would be a gap, which this module never makes)
+    # and a stream that is admitted runs to the end
+    with requests.post(url + "/generate", json={**body, "routing_key": "sd-stream"}, stream=True, timeout=60) as s:
+        chunks = [json.loads(l[6:]) for l in s.iter_lines() if l.startswith(b"data: {")]
+    assert len(chunks[-1]["output_ids"]) == 8
 
 
 def test_metrics_series(url):

@@ -312,6 +312,8 @@ class SchedulerGate:
         if req.op == "end":
             ended = ctl.end(req.agent_id, self.inflight.get(req.agent_id, 0))
             self._epoch += 1
+            if self.metrics is not None and ctl.last_signals is not None:  # an idle server steps no control
+                self.metrics.observe(ctl, None)
             result = {"agent_id": req.agent_id, "ended": ended}
         elif req.op == "status":
             result = ctl.status()

@@ -231,7 +231,18 @@ class _OpenAIChatTarget(_HttpTarget):
         self.openai = openai
         self.client = openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0,
                                          timeout=self.cfg.request_timeout_s)
-        self.vocab = len(self.tok)
+        self.words = self._words()
+
+    def _words(self) -> List[int]:
+        """Tokens that are one space-led word and tokenize back to themselves, so that a text of them
+        is re-tokenized by the server into as many tokens as the trace says (a random id may be a
+        stray byte: it decodes to U+FFFD, three tokens again)."""
+        special = set(self.tok.all_special_ids)
+        words = [i for i in range(len(self.tok)) if i not in special
+                 and re.fullmatch(r" [A-Za-z]+", w := self.tok.decode([i])) and self.tok.encode(w, add_special_tokens=False) == [i]]
+        if not words:
+            raise ValueError(f"client 'openai': tokenizer {self.cfg.tokenizer} has no space-led word tokens")
+        return words
 
     async def close(self) -> None:
         await self.client.close()
@@ -240,7 +251,7 @@ class _OpenAIChatTarget(_HttpTarget):
     def _text(self, part: Any) -> str:
         if isinstance(part, str):
             return part
-        return self.tok.decode([3 + t % (self.vocab - 3) for t in part], skip_special_tokens=True)
+        return self.tok.decode([self.words[t % len(self.words)] for t in part])
 
     async def generate(self, agent_id: str, history: Segments, n: int) -> Reply:
         messages = [{"role": role, "content": self._text(part)} for role, part in history]
