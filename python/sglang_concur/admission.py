@@ -123,11 +123,8 @@ class AdmissionTable:
                 a.resumed = a.state is AgentState.PAUSED
                 self._set(a, AgentState.ACTIVE)
                 a.admissions += 1
-            for a in claims:
-                if a.state is not AgentState.ACTIVE:
-                    self._hold(a)
-        elif claims:
-            for a in claims:
+        for a in claims:  # the claims left out wait: counted once per wait
+            if a.state is not AgentState.ACTIVE:
                 self._hold(a)
         return self.active.keys()
 
@@ -140,7 +137,8 @@ class AdmissionTable:
         c = 1.0 if cost is None else cost(agent_id)
         if self.used + c <= (int(window) if cost is None else window):
             return False
-        self._hold(self.agents.setdefault(agent_id, Agent(agent_id, AgentState.WAITING, next(self._seq), now)))
+        a = self.agents[agent_id] = Agent(agent_id, AgentState.WAITING, next(self._seq), now)
+        self._hold(a)
         self.digest = zlib.crc32(f"{agent_id}>waiting;".encode(), self.digest)
         return True
 

@@ -130,7 +130,6 @@ class ConcurController:
         more = self.remaining[turns] if turns < len(self.remaining) else max(1.0, turns)
         return self.gaps.p_return(now - a.idle_since, 1.0 / (1.0 + more))
 
-
     def charge(self, agent: str) -> float:
         """What an active agent holds of the window now: its price, or nothing once it looks gone."""
         gone = self.p_return(self.table.agents[agent], self.now) < 0.5
@@ -206,13 +205,15 @@ class ConcurController:
 
     def stagger(self) -> float:
         """How far the active agents' end footprints may exceed the pool (accounting.stagger): 1
-        while they are of one age, more as their ages spread (agents that look gone left out)."""
+        while they are of one age, more as their ages spread.  Reads the prices `refresh` just set
+        (agents that look gone are charged nothing and left out)."""
         rows = []
         for aid in self.table.active:
-            if self.table.agents[aid].cost > 0:
+            a = self.table.agents[aid]
+            if a.cost > 0:
                 base, _, left = projection(self.ledger, aid, self.pending_prompt.get(aid, 0), self.default_growth,
                                            self.remaining, self.ceiling)
-                rows.append((base, self.cost(aid), left))
+                rows.append((base, a.cost, left))
         return stagger(rows)
 
     # --- the control step (every control interval) -----------------------------------------
@@ -247,7 +248,8 @@ class ConcurController:
         held_agents = len({r.routing_key for r in self.held})
         s = Signals(kv_usage=kv_usage, hit_rate=iv.hit_rate(), recompute_ratio=ratio, held_agents=held_agents,
                     settling=led.returning_turns < self.settle_until_turns, lost_work=lost,
-                    used=self.table.used, stagger=self.stagger() if self.budgets_tokens else 1.0, probe=now - self.last_probe >= cycle)
+                    used=self.table.used, stagger=self.stagger() if self.budgets_tokens else 1.0,
+                    probe=now - self.last_probe >= cycle)
         self.last_signals = s
         self.interval = IntervalStats(recomputed=led.admitted_recomputed, returning=led.admitted_prompt_tokens)
         old = self.window_size(self.window)
