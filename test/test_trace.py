@@ -140,6 +140,16 @@ def test_sweep_rejects_unknown_run_names_before_doing_anything(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_plot_of_a_directory_without_run_results_says_so(tmp_path):
+    from sglang_concur.bench.__main__ import main
+
+    (tmp_path / "sweep.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"plot: no run results \(\*\.json with a timeline\) in"):
+        main(["plot", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"plot: no such directory"):
+        main(["plot", str(tmp_path / "missing")])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["compare", "--agents", "0"], "--agents: must be an integer >= 1, got '0'"),
     (["compare", "--max-total-tokens", "0"], "--max-total-tokens: must be an integer >= 1, got '0'"),

@@ -413,18 +413,31 @@ def plot(results: Sequence[Dict[str, Any]], out: str) -> None:
     if caps:
         chosen.append(min((r for _, r in caps), key=lambda r: r["completion_time_s"]))
     chosen += [r for l, r in by.items() if l.startswith("concur")]
-    keys = [("output_tokens_per_s", "output tok/s"), ("hit_rate", "prefix hit rate"), ("kv_usage", "KV usage"),
-            ("window", "CONCUR window"), ("active_agents", "active agents")]
-    keys = [(k, n) for k, n in keys if any(x.get(k) is not None for r in chosen for x in r["timeline"])]
-    fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.1 * len(keys)), sharex=True, squeeze=False)
-    for ax, (k, name) in zip(axes[:, 0], keys):
+    def tokens(r: Dict[str, Any]) -> bool:  # native's window is a token budget, the others' an agent count
+        args = list(r.get("server", {}).get("extra_args", []))
+        policy = args[args.index("--concur-policy") + 1] if "--concur-policy" in args[:-1] else "native"
+        return "--concur-enable" in args and policy == "native"
+
+    panels = [("output_tokens_per_s", "output tok/s", None), ("hit_rate", "prefix hit rate", None),
+              ("kv_usage", "KV usage", None), ("window", "agent window (agents)", False),
+              ("window", "token budget (tokens)", True), ("active_agents", "active agents", None)]
+    colors = {r["label"]: f"C{j}" for j, r in enumerate(chosen)}  # one colour per run in every panel
+
+    def series(r: Dict[str, Any], k: str, unit: Optional[bool]) -> List[Tuple[float, float]]:
+        if unit is not None and tokens(r) != unit:
+            return []
+        return [(x["t"], x[k]) for x in r["timeline"] if x.get(k) is not None]
+
+    panels = [p for p in panels if any(series(r, p[0], p[2]) for r in chosen)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.1 * len(panels)), sharex=True, squeeze=False)
+    for ax, (k, name, unit) in zip(axes[:, 0], panels):
         for r in chosen:
-            pts = [(x["t"], x[k]) for x in r["timeline"] if x.get(k) is not None]
+            pts = series(r, k, unit)
             if pts:
-                ax.plot(*_smooth(pts), label=r["label"], lw=1.2)
+                ax.plot(*_smooth(pts), label=r["label"], lw=1.2, color=colors[r["label"]])
         ax.set_ylabel(name, fontsize=8)
+        ax.legend(fontsize=6, loc="upper right")
     axes[-1, 0].set_xlabel("time (s), 5-s moving average")
-    axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "timeline.png"), dpi=110)
     plt.close(fig)
@@ -479,6 +492,8 @@ def cmd_plot(a: argparse.Namespace) -> int:
         digits = "".join(ch for ch in label.rsplit("-", 1)[-1] if ch.isdigit())
         return group, int(digits or 0), label
 
+    if not runs:
+        raise SystemExit(f"sglang_concur.bench: error: plot: no run results (*.json with a timeline) in {a.dir!r}")
     runs.sort(key=order)
     plot(runs, a.dir)
     print(table(runs))
