@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -303,10 +304,15 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 def sweep_runs(p: Preset, clients: Sequence[str], only: Optional[set], agents: Sequence[AgentTrace]) -> List[List[Run]]:
     """The runs of a sweep, grouped by server: plain with its agent caps, the no-eviction limit,
-    --max-running-requests, and each CONCUR policy under each client mode."""
+    --max-running-requests, and each CONCUR policy under each client mode.  Plain SGLang and its
+    caps run under the default client; under another client of `clients` (label `sglang@header`,
+    `sglang-cap4@openai`) only when `only` names them: the baseline for a client whose requests
+    cost more than the trace's token counts (the `openai` client's chat template)."""
     groups: List[List[Run]] = []
-    plain = [Run("sglang", ())] + [Run(f"sglang-cap{c}", (), agent_cap=c) for c in p.sweep_agent_caps]
-    groups.append(plain)
+    for c in dict.fromkeys(["routing-key-end", *clients]):
+        at = "" if c == "routing-key-end" else f"@{c}"
+        plain = [Run("sglang" + at, (), c)] + [Run(f"sglang-cap{n}{at}", (), c, agent_cap=n) for n in p.sweep_agent_caps]
+        groups.append([r for r in plain if not at or only is not None])
     groups.append([Run("sglang-limit", (), pool=limit_pool(agents))])
     groups += [[Run(f"sglang-mrr{m}", ("--max-running-requests", str(m)))] for m in p.sweep_max_running]
     base = [x for x in shlex.split(p.concur_args) if x != "--concur-policy" and x not in ("static", "aimd", "native")]
@@ -314,9 +320,12 @@ def sweep_runs(p: Preset, clients: Sequence[str], only: Optional[set], agents: S
         for c in clients:
             label = f"concur-{pol}" if c == "routing-key-end" else f"concur-{pol}@{c}"
             groups.append([Run(label, ("--concur-enable", "--concur-policy", pol, *base), c)])
-    if only is not None:
+    if only is not None and only is not ALL:
         groups = [[r for r in g if r.label in only] for g in groups]
     return [g for g in groups if g]
+
+
+ALL: set = set()  # `only` for every run a sweep knows (--runs validation)
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
@@ -324,7 +333,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     clients = a.clients or ["routing-key-end"]
     only = None if a.runs is None else set(a.runs.split(","))
     base_agents = build_trace(p, a.trace)
-    known = {r.label for g in sweep_runs(p, clients, None, base_agents) for r in g}
+    known = {r.label for g in sweep_runs(p, clients, ALL, base_agents) for r in g}
     if only is not None and not only <= known:
         raise SystemExit(f"sglang_concur.bench: error: --runs: unknown run(s) {sorted(only - known)} for preset "
                          f"{a.preset}; choose from {sorted(known)}")
@@ -361,6 +370,12 @@ def scale_time(agents: Sequence[AgentTrace], factor: float) -> List[AgentTrace]:
             for x in agents]
 
 
+def _cap(label: str) -> Optional[int]:
+    """N for `sglang-capN` (the U over fixed caps, default client); None for any other run."""
+    m = re.fullmatch(r"sglang-cap(\d+)", label)
+    return int(m.group(1)) if m else None
+
+
 def _smooth(pts: Sequence[Tuple[float, float]], window_s: float = 5.0) -> Tuple[List[float], List[float]]:
     """Moving average over `window_s` seconds (the timeline is sampled every second)."""
     xs, ys = [x for x, _ in pts], [y for _, y in pts]
@@ -385,7 +400,7 @@ def plot(results: Sequence[Dict[str, Any]], out: str) -> None:
         print("matplotlib not installed: no plots (pip install matplotlib)")
         return
     by = {r["label"]: r for r in results}
-    caps = sorted((int(l.rsplit("cap", 1)[1]), r) for l, r in by.items() if l.startswith("sglang-cap"))
+    caps = sorted((_cap(l), r) for l, r in by.items() if _cap(l))
     if caps or len(by) > 2:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         if caps:
@@ -396,7 +411,7 @@ def plot(results: Sequence[Dict[str, Any]], out: str) -> None:
         styles = {"sglang": ("k", "--"), "sglang-limit": ("grey", ":")}
         i = 1
         for label, r in by.items():
-            if label.startswith("sglang-cap"):
+            if _cap(label):
                 continue
             color, ls = styles.get(label, (f"C{i}", "-" if label.startswith("concur") else "-."))
             i += label not in styles
@@ -457,7 +472,7 @@ def plot_series(series: Sequence[Tuple[float, Sequence[Dict[str, Any]]]], out: s
         by = {r["label"]: r for r in results}
         limit = by.get("sglang-limit", {}).get("completion_time_s")
         norm = limit or 1.0
-        caps = sorted((int(l.rsplit("cap", 1)[1]), r) for l, r in by.items() if l.startswith("sglang-cap"))
+        caps = sorted((_cap(l), r) for l, r in by.items() if _cap(l))
         if caps:
             ax.plot([c for c, _ in caps], [r["completion_time_s"] / norm for _, r in caps], "o-", color=f"C{i}",
                     label=f"tool waits x{ts:g}: fixed caps")
@@ -567,7 +582,9 @@ def parser() -> argparse.ArgumentParser:
     trace_opts(w)
     server_opts(w)
     w.add_argument("--clients", type=_clients, help="comma-separated client modes for the CONCUR runs "
-                                                    f"(default routing-key-end): {', '.join(CLIENTS)}")
+                                                    f"(default routing-key-end): {', '.join(CLIENTS)}; plain "
+                                                    "SGLang and its caps under one of them when --runs names "
+                                                    "them, e.g. sglang@openai,sglang-cap4@openai")
     w.add_argument("--time-scales", type=_number_list, help="comma-separated tool-time multipliers: the whole "
                                                             "sweep at each (a series from light to heavy tools)")
     w.add_argument("--runs", help="comma-separated subset of the preset's runs, e.g. sglang-cap4,concur-native")
