@@ -166,6 +166,24 @@ def test_plot_of_a_directory_without_run_results_says_so(tmp_path):
         main(["plot", str(tmp_path / "missing")])
 
 
+def test_plot_redraws_a_time_scale_series(tmp_path, capsys):
+    """`bench plot` on a --time-scales sweep redraws every point's plots and time-scales.png, with a
+    table per point (from the committed cpu-tools series)."""
+    import pathlib, shutil
+    from sglang_concur.bench.__main__ import main
+
+    src = pathlib.Path(__file__).resolve().parents[1] / "benchmark/results/cpu-tools-time-scales"
+    for sub in ("time-scale-0.5", "time-scale-2"):
+        (tmp_path / sub).mkdir()
+        for f in (src / sub).glob("*.json"):
+            shutil.copy(f, tmp_path / sub)
+    assert main(["plot", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "tool waits x0.5" in out and "tool waits x2" in out and "| concur-native |" in out
+    assert (tmp_path / "time-scales.png").stat().st_size > 0
+    assert all((tmp_path / s / "completion.png").exists() for s in ("time-scale-0.5", "time-scale-2"))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["compare", "--agents", "0"], "--agents: must be an integer >= 1, got '0'"),
     (["compare", "--max-total-tokens", "0"], "--max-total-tokens: must be an integer >= 1, got '0'"),

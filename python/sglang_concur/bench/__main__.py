@@ -481,6 +481,8 @@ def plot_series(series: Sequence[Tuple[float, Sequence[Dict[str, Any]]]], out: s
                 ax.axhline(by[label]["completion_time_s"] / norm, color=f"C{i}", ls=["-", "--", ":"][j], lw=1,
                            label=f"x{ts:g}: {label}")
     ax.set_xscale("log", base=2)
+    ticks = sorted({c for _, results in series for c in map(_cap, (r["label"] for r in results)) if c})
+    ax.set_xticks(ticks, [str(c) for c in ticks])
     ax.set_xlabel("client-side agent cap (plain SGLang)")
     ax.set_ylabel("completion time / no-eviction limit")
     ax.legend(fontsize=6, ncol=2)
@@ -493,10 +495,27 @@ def cmd_plot(a: argparse.Namespace) -> int:
     """Re-draw the plots and the table of a finished sweep directory from its per-run JSON files."""
     if not os.path.isdir(a.dir):
         raise SystemExit(f"sglang_concur.bench: error: plot: no such directory {a.dir!r}")
+    points = sorted((float(n.split("-", 2)[2]), n) for n in os.listdir(a.dir)
+                    if re.fullmatch(r"time-scale-[0-9]+(\.[0-9]+)?", n) and os.path.isdir(os.path.join(a.dir, n)))
+    if points:  # a --time-scales series: each point's plots, then time-scales.png
+        series = [(ts, _runs_in(os.path.join(a.dir, n))) for ts, n in points]
+        for (ts, runs), (_, n) in zip(series, points):
+            plot(runs, os.path.join(a.dir, n))
+            print(f"tool waits x{ts:g}\n{table(runs)}\n")
+        plot_series(series, a.dir)
+        return 0
+    runs = _runs_in(a.dir)
+    plot(runs, a.dir)
+    print(table(runs))
+    return 0
+
+
+def _runs_in(path: str) -> List[Dict[str, Any]]:
+    """The per-run results of a sweep directory, in table order (plain, caps, mrr, CONCUR)."""
     runs = []
-    for name in sorted(os.listdir(a.dir)):
+    for name in sorted(os.listdir(path)):
         if name.endswith(".json") and name not in ("sweep.json", "compare.json"):
-            with open(os.path.join(a.dir, name)) as f:
+            with open(os.path.join(path, name)) as f:
                 r = json.load(f)
             if isinstance(r, dict) and "timeline" in r:
                 runs.append(r)
@@ -508,11 +527,8 @@ def cmd_plot(a: argparse.Namespace) -> int:
         return group, int(digits or 0), label
 
     if not runs:
-        raise SystemExit(f"sglang_concur.bench: error: plot: no run results (*.json with a timeline) in {a.dir!r}")
-    runs.sort(key=order)
-    plot(runs, a.dir)
-    print(table(runs))
-    return 0
+        raise SystemExit(f"sglang_concur.bench: error: plot: no run results (*.json with a timeline) in {path!r}")
+    return sorted(runs, key=order)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
