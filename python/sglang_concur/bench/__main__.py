@@ -522,7 +522,7 @@ def _runs_in(path: str) -> List[Dict[str, Any]]:
 
     def order(r: Dict[str, Any]) -> Tuple[int, int, str]:
         label = r["label"]
-        group = 0 if label == "sglang" else 1 if "-cap" in label else 2 if "-mrr" in label else 3
+        group = 0 if label.split("@")[0] == "sglang" else 1 if "-cap" in label else 2 if "-mrr" in label else 3
         digits = "".join(ch for ch in label.rsplit("-", 1)[-1] if ch.isdigit())
         return group, int(digits or 0), label
 
