@@ -143,13 +143,13 @@ def test_sweep_rejects_unknown_run_names_before_doing_anything(tmp_path):
 def test_sweep_runs_plain_sglang_under_another_client_only_when_named():
     """Plain SGLang and its caps are the baseline under the default client; under `--clients openai`
     they run as `sglang@openai` only when --runs names them (each costs a full run)."""
-    from sglang_concur.bench.__main__ import ALL, PRESETS, sweep_runs
+    from sglang_concur.bench.__main__ import PRESETS, all_runs, sweep_runs
 
     p, clients = PRESETS["cpu-mixed"], ["routing-key-end", "openai"]
     by_default = {r.label: r.client for g in sweep_runs(p, clients, None, []) for r in g}
     assert by_default["sglang"] == by_default["sglang-cap4"] == "routing-key-end"
     assert by_default["concur-native@openai"] == "openai" and "sglang@openai" not in by_default
-    assert {"sglang@openai", "sglang-cap4@openai"} <= {r.label for g in sweep_runs(p, clients, ALL, []) for r in g}
+    assert {"sglang@openai", "sglang-cap4@openai"} <= {r.label for g in all_runs(p, clients, []) for r in g}
     named = [[(r.label, r.client, r.agent_cap) for r in g]
              for g in sweep_runs(p, clients, {"sglang@openai", "sglang-cap4@openai", "concur-native"}, [])]
     assert named == [[("sglang@openai", "openai", None), ("sglang-cap4@openai", "openai", 4)],

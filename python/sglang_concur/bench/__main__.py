@@ -302,17 +302,14 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0 if plain["failed_turns"] == concur["failed_turns"] == 0 else 1
 
 
-def sweep_runs(p: Preset, clients: Sequence[str], only: Optional[set], agents: Sequence[AgentTrace]) -> List[List[Run]]:
-    """The runs of a sweep, grouped by server: plain with its agent caps, the no-eviction limit,
-    --max-running-requests, and each CONCUR policy under each client mode.  Plain SGLang and its
-    caps run under the default client; under another client of `clients` (label `sglang@header`,
-    `sglang-cap4@openai`) only when `only` names them: the baseline for a client whose requests
-    cost more than the trace's token counts (the `openai` client's chat template)."""
+def all_runs(p: Preset, clients: Sequence[str], agents: Sequence[AgentTrace]) -> List[List[Run]]:
+    """Every run a sweep knows, grouped by server: plain with its agent caps (under each client of
+    `clients`: `sglang@header`, `sglang-cap4@openai`), the no-eviction limit, --max-running-requests,
+    and each CONCUR policy under each client mode."""
     groups: List[List[Run]] = []
     for c in dict.fromkeys(["routing-key-end", *clients]):
         at = "" if c == "routing-key-end" else f"@{c}"
-        plain = [Run("sglang" + at, (), c)] + [Run(f"sglang-cap{n}{at}", (), c, agent_cap=n) for n in p.sweep_agent_caps]
-        groups.append([r for r in plain if not at or only is not None])
+        groups.append([Run("sglang" + at, (), c)] + [Run(f"sglang-cap{n}{at}", (), c, agent_cap=n) for n in p.sweep_agent_caps])
     groups.append([Run("sglang-limit", (), pool=limit_pool(agents))])
     groups += [[Run(f"sglang-mrr{m}", ("--max-running-requests", str(m)))] for m in p.sweep_max_running]
     base = [x for x in shlex.split(p.concur_args) if x != "--concur-policy" and x not in ("static", "aimd", "native")]
@@ -320,12 +317,15 @@ def sweep_runs(p: Preset, clients: Sequence[str], only: Optional[set], agents: S
         for c in clients:
             label = f"concur-{pol}" if c == "routing-key-end" else f"concur-{pol}@{c}"
             groups.append([Run(label, ("--concur-enable", "--concur-policy", pol, *base), c)])
-    if only is not None and only is not ALL:
-        groups = [[r for r in g if r.label in only] for g in groups]
-    return [g for g in groups if g]
+    return groups
 
 
-ALL: set = set()  # `only` for every run a sweep knows (--runs validation)
+def sweep_runs(p: Preset, clients: Sequence[str], only: Optional[set], agents: Sequence[AgentTrace]) -> List[List[Run]]:
+    """The runs `only` names; without it, every run but plain SGLang under a client other than the
+    default (each costs a full run: the baseline for a client whose requests cost more than the
+    trace's token counts, such as the `openai` client's chat template)."""
+    keep = (lambda r: r.server or r.client == "routing-key-end") if only is None else (lambda r: r.label in only)
+    return [g for g in ([r for r in g if keep(r)] for g in all_runs(p, clients, agents)) if g]
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
@@ -333,7 +333,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     clients = a.clients or ["routing-key-end"]
     only = None if a.runs is None else set(a.runs.split(","))
     base_agents = build_trace(p, a.trace)
-    known = {r.label for g in sweep_runs(p, clients, ALL, base_agents) for r in g}
+    known = {r.label for g in all_runs(p, clients, base_agents) for r in g}
     if only is not None and not only <= known:
         raise SystemExit(f"sglang_concur.bench: error: --runs: unknown run(s) {sorted(only - known)} for preset "
                          f"{a.preset}; choose from {sorted(known)}")
@@ -400,7 +400,7 @@ def plot(results: Sequence[Dict[str, Any]], out: str) -> None:
         print("matplotlib not installed: no plots (pip install matplotlib)")
         return
     by = {r["label"]: r for r in results}
-    caps = sorted((_cap(l), r) for l, r in by.items() if _cap(l))
+    caps = sorted((c, r) for l, r in by.items() if (c := _cap(l)))
     if caps or len(by) > 2:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         if caps:
@@ -472,7 +472,7 @@ def plot_series(series: Sequence[Tuple[float, Sequence[Dict[str, Any]]]], out: s
         by = {r["label"]: r for r in results}
         limit = by.get("sglang-limit", {}).get("completion_time_s")
         norm = limit or 1.0
-        caps = sorted((_cap(l), r) for l, r in by.items() if _cap(l))
+        caps = sorted((c, r) for l, r in by.items() if (c := _cap(l)))
         if caps:
             ax.plot([c for c, _ in caps], [r["completion_time_s"] / norm for _, r in caps], "o-", color=f"C{i}",
                     label=f"tool waits x{ts:g}: fixed caps")
