@@ -62,8 +62,8 @@ def test_native_budget_shrinks_on_recompute_grows_when_agents_held_and_is_bounde
     assert n.next_window(9_900, sig(0.0, held=1)) == 10_000            # ceiling: the capacity
 
 
-def native_sig(r=None, held=0, lost=0.0, used=0.0, stagger=1.0, settling=False, probe=False):
-    return Signals(0.9, 0.0, recompute_ratio=r, held_agents=held, settling=settling, lost_work=lost, used=used, probe=probe,
+def native_sig(r=None, held=0, lost=0.0, used=0.0, stagger=1.0, settling=False, probe=False, drain=0.0, work=0.0):
+    return Signals(0.9, 0.0, recompute_ratio=r, drain=drain, work=work, held_agents=held, settling=settling, lost_work=lost, used=used, probe=probe,
                    stagger=stagger)
 
 
@@ -80,7 +80,13 @@ def test_native_work_conserving_engine_idle_with_agents_held_and_no_recompute_ad
     assert n.next_window(10_000, native_sig(r=0.0, held=0, lost=0.9, used=6_000, stagger=4.0, probe=True)) == 10_000  # none held
     # ...up to the pool times the stagger of the agents' ages (their footprints do not peak together)
     assert n.next_window(39_800, native_sig(r=0.0, held=3, lost=0.4, used=30_000, stagger=4.0)) == 40_000
-    assert n.next_window(20_000, native_sig(r=0.0, held=3, lost=0.4, used=9_000, stagger=1.5)) == 15_000  # the stagger fell
+    # past it only by probing: the held agents' working sets fit 1 / (1 - idle) times over the pool
+    assert n.next_window(40_000, native_sig(r=0.0, held=3, lost=0.4, used=30_000, stagger=4.0, probe=True)) == 60_000
+    assert n.next_window(40_000, native_sig(r=0.0, held=3, lost=0.2, used=30_000, stagger=4.0, probe=True)) == 47_500
+    assert n.next_window(150_000, native_sig(r=0.0, held=3, lost=0.9, used=150_000, stagger=4.0, probe=True)) == 160_000
+    # what lost work earned is kept until recompute costs more than the idling it saves
+    assert n.next_window(20_000, native_sig(r=0.0, held=3, lost=0.4, used=9_000, stagger=1.5)) == 20_000
+    assert n.next_window(20_000, native_sig(r=0.1, held=3, lost=0.0, used=9_000, stagger=1.5)) == 14_000
     # below the pool every footprint still fits: it grows while agents are held, idle or not
     assert n.next_window(5_000, native_sig(r=0.0, held=3, lost=0.0, used=5_000, stagger=1.0)) == 5_500
 
@@ -93,6 +99,34 @@ def test_native_recompute_rising_backs_off_unless_it_only_fills_idle_time():
     assert n.next_window(20_000, native_sig(r=0.02, held=3, lost=0.30, used=7_000, stagger=4.0)) == 20_500
     assert n.next_window(20_000, native_sig(r=0.30, held=3, lost=0.20, used=20_000, stagger=4.0)) == 14_000  # overtaken
     assert n.next_window(20_000, native_sig(r=0.30, held=3, lost=0.2, stagger=4.0, settling=True)) == 20_000
+
+
+def test_native_gate_bound_admits_past_recompute_until_the_engine_sets_the_end():
+    n = NativePolicy(NativeParams(), capacity=10_000)
+    # held agents would need 300 s to pass the gate, the engine 100 s for all the work left: a
+    # recompute that would cut is borne and the budget grows, past the pool
+    assert n.next_window(10_000, native_sig(r=0.3, held=20, used=10_000, drain=300.0, work=100.0)) == 10_500
+    assert n.next_window(20_000, native_sig(r=0.3, held=20, used=20_000, drain=300.0, work=100.0)) == 20_500
+    assert n.next_window(39_800, native_sig(held=20, used=38_000, drain=300.0, work=100.0)) == 40_000  # C / (1 - 0.75)
+    # with idle time as well, the probe fills it at once
+    assert n.next_window(10_000, native_sig(r=0.0, held=20, lost=0.5, used=10_000, drain=300.0, work=100.0, probe=True)) == 20_000
+    # the engine sets the end (the recompute made the work outgrow the drain): back off as before
+    assert n.next_window(10_000, native_sig(r=0.3, held=20, used=10_000, drain=300.0, work=310.0, probe=True)) == 7_000
+    assert n.next_window(10_000, native_sig(r=0.3, held=20, used=10_000, drain=300.0, work=100.0, settling=True)) == 10_000
+    # nothing held: no drain, no growth
+    assert n.next_window(10_000, native_sig(r=0.0, held=0, used=10_000, drain=0.0, work=0.0, probe=True)) == 10_000
+
+
+def test_native_scripted_long_tools_then_thrash():
+    """A scripted run: agents in long tools leave the engine idle (the budget probes past the pool),
+    then their returns collide and recompute takes the engine (the budget backs off and settles)."""
+    n, w = NativePolicy(NativeParams(), capacity=10_000), 10_000.0
+    for lost in (0.5, 0.5, 0.75, 0.9):
+        w = n.next_window(w, native_sig(r=0.0, held=20, lost=lost, used=w, stagger=1.0, probe=True))
+    assert w == 40_000  # doubled up to the pool / (1 - idle), then capped at the pool / (1 - 0.75)
+    w = n.next_window(w, native_sig(r=0.4, held=20, lost=0.05, used=w))
+    assert w == 28_000
+    assert n.next_window(w, native_sig(r=0.4, held=20, lost=0.05, used=w, settling=True)) == 28_000
 
 
 def test_native_nothing_held_no_growth_whatever_the_idle_time():

@@ -1,7 +1,7 @@
 """The controller's interval signals and window bookkeeping (pure)."""
 
 from sglang_concur.config import ConcurConfig
-from sglang_concur.controller import ConcurController, IntervalStats
+from sglang_concur.controller import ConcurController, IntervalStats, Sample
 
 
 def test_hit_rate_is_hits_over_all_prompt_tokens_like_sglang():
@@ -34,6 +34,17 @@ def test_native_recompute_ratio_from_the_ledger_interval():
     led.turn_finished("a", 250)
     led.turn_admitted("a", 300, 0)  # a came back once since the cut: settled, and still recomputing
     assert c.control_step(3.0, kv_usage=0.5, busy={"a": 1}) == (3_500, 2_500)
+
+
+def test_signals_are_read_over_one_turn_cycle():
+    c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="native"), now=0.0, capacity=10_000)
+    # per interval: recomputed, returning prompt tokens, lost s, s, idle s, turns admitted
+    c.recent.extend([Sample(900, 1000, 1.0, 1.0, 1.0, 0), Sample(100, 1000, 0.5, 1.0, 0.5, 3), Sample(0, 0, 0.0, 1.0, 0.0, 2)])
+    h = c.horizon(2.0)  # the last two intervals
+    assert (h.recompute_ratio(), h.lost_work(), h.busy_per_turn()) == (0.1, 0.25, 1.5 / 5)
+    h = c.horizon(float("inf"))  # no cycle measured: the last interval
+    assert (h.recompute_ratio(), h.lost_work(), h.busy_per_turn()) == (None, 0.0, 0.5)
+
 
 
 def test_recompute_of_a_resumed_agent_is_not_congestion():
@@ -145,3 +156,31 @@ def test_end_while_a_request_runs_forgets_the_agent_when_it_finishes():
     assert "a" not in c.table.agents and "a" not in c.ledger.agents and c.ledger.lifetimes[-1] == 1
     c.control_step(3.0, kv_usage=0.5, busy={})
     assert not c.table.agents and not c.turn_start and not c.pending_prompt
+
+
+def test_the_first_interval_starts_at_the_first_clock_reading():
+    c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="native"), now=0.0, capacity=10_000)
+    c.start_clock(5_000.0)  # a monotonic clock, long after 0
+    c.control_step(5_001.0, kv_usage=0.0, busy={})
+    assert c.recent[-1].secs == 1.0 and c.next_control == 5_002.0
+
+
+def test_drain_and_work_weigh_the_gate_against_the_engine():
+    """drain: waves of an expected lifetime until every held agent has lived; work: the engine
+    seconds the known agents' remaining turns need at the measured busy time per turn."""
+    c = ConcurController.create(ConcurConfig(concur_enable=True, concur_policy="native"), now=0.0, capacity=10_000)
+    c.table.update(2_000, ["a0", "a1", "w0", "w1", "w2", "w3"], {}, 0.0, cost=lambda _: 1000.0)
+    assert c.table.counts().active == 2 and c.table.counts().waiting == 4
+    c.turn_admitted("a0", 100, 0, 0.0)
+    c.turn_admitted("a1", 100, 0, 0.0)
+    c.turn_admitted("a1", 200, 100, 1.0)  # a0 has done one turn, a1 two
+    busy = Sample(secs=10.0, idle_s=4.0, turns=12)  # 0.5 engine seconds per turn
+    assert c.drain_and_work(busy, 4.0) == (0.0, 0.0)  # no agent has ended: lifetimes unknown
+    c.ledger.lifetimes = [4, 4, 4]
+    c.remaining = [4.0, 3.0, 2.0, 1.0]  # E[turns left] after t turns (Kaplan-Meier in control_step)
+    drain, work = c.drain_and_work(busy, 4.0)  # a turn cycle of 4 s: a lifetime of 16 s
+    assert drain == 4 * 16.0 / 2 + 16.0  # four held agents through two slots, then the last one's life
+    assert work == 0.5 * (3.0 + 2.0 + 4 * 4.0)
+    assert c.drain_and_work(Sample(secs=10.0, idle_s=10.0), 4.0) == (0.0, 0.0)  # no turn measured
+    c.table.update(6_000, ["w0", "w1", "w2", "w3"], {}, 2.0, cost=lambda _: 1000.0)  # nobody held
+    assert c.drain_and_work(busy, 4.0) == (0.0, 0.0)

@@ -179,9 +179,11 @@ def test_metrics_series(url):
     st = status(url)
     assert values["sglang:concur_active_agents"] == st["active_agents"]
     for name in ("sglang:concur_paused_agents", "sglang:concur_waiting_agents", "sglang:concur_held_requests",
-                 "sglang:concur_lost_work"):
+                 "sglang:concur_lost_work", "sglang:concur_drain_seconds", "sglang:concur_work_seconds"):
         assert name in values
     assert values["sglang:concur_held_agents_total"] == st["held_agents_total"]
+    before = st["idle_seconds"]  # the engine has nothing to run: its idle time is counted pass by pass
+    wait_for(lambda: status(url)["idle_seconds"] > before + 0.5, what="idle time to be counted")
 
 
 # last in the module: the n>1 warm-up is a turn and the samples the next one, so this test makes the

@@ -11,35 +11,44 @@ U is the share of the KV pool held by running requests (evictable radix cache ex
 the prefix-cache hit rate of the tokens prefilled in the interval.  W stays in [min, max].
 
 `native` steers by what the engine sees directly.  Its window is a budget B of KV tokens: the
-predicted footprints of the active agents must fit in it (pricing, pausing: controller.py).  Two
-costs are weighed, both measured: recomputed history R (too many agents: their histories evict
-each other) and lost work I (too few: the engine idles while the gate holds agents back, because
-every admitted agent is in a tool):
+predicted footprints of the active agents must fit in it (pricing, pausing: controller.py).  It
+weighs what admitting too many costs against what admitting too few costs, both measured:
+recompute R (their histories evict each other), lost work I (the engine idles while the gate holds
+agents back, every admitted agent being in a tool), and the batch's end: a held agent still has
+its whole lifetime to live, mostly tool time when tools are long, which no engine speed shortens.
+So the gate, not the engine, sets the end while the drain D (the time the gate needs to let every
+held agent live: waves of an expected lifetime at the present concurrency) exceeds the work W (the
+engine seconds the known agents' remaining turns need at the busy time per turn measured,
+recompute included).  Then admitting more shortens the batch even though it costs recompute:
 
-    B <- B * beta             if R > max(R_max, I) and not settling   (recompute costs more than idling)
-    B <- B + max(fill, probe) if agents are held and not settling, with
-         fill  = step * C         if R <= R_max / 2 and (B < C or I > R)   (footprints fit, or work is lost)
-         probe = used * I / (1-I) if I > R and a turn cycle has passed since the last probe (at most B):
-                                  the admitted agents kept the engine busy only 1 - I of the time, so
-                                  admit I / (1 - I) more of the same, then wait one cycle to see the effect
+    gate = D > W
+    B <- B * beta             if R > max(R_max, I) and not gate and not settling   (recompute costs more)
+    B <- B + grow             if agents are held and not settling, grow the largest that applies:
+         step * C, up to T         if R <= R_max / 2 and (B < C or I > R)   (footprints fit, or work is lost)
+         used * I / (1-I), up to T / (1-I)  if I > R, once per turn cycle: the admitted agents kept
+                                   the engine busy only 1 - I of the time, admit I / (1 - I) more
+         step * C, up to T / (1 - MAX_IDLE)  if gate: the drain shrinks as concurrency grows
     B <- B                    otherwise
 
 R and I are measured over the last turn cycle (mean LLM time + mean gap between turns), the time an
-admission takes to show its effect; the probe, like BBR's, fills measured idle time at once and
-then waits a cycle, and the fill is additive (a twentieth of the pool per interval).  Recompute lags a cut (agents whose history was already evicted still come back to recompute it),
-so after a cut the budget settles (neither cut again nor grown) until as many turns have returned
-as there were active agents.  The budget starts at a quarter of the capacity (a slow start: prices
-rest on a prior until agents have grown and ended) and moves within [capacity / 4, capacity *
-stagger]: footprints are projected to each agent's end, so a budget of the whole pool is the most
-that fits at once while the agents are of one age (they all reach their ends together: at the start
-of a batch); once their ages spread, the young grow while the old end, and the sum of the end
-footprints exceeds the peak of what they hold together by the measured factor `stagger`
-(accounting.stagger, >= 1).
+admission takes to show its effect, and so is W's busy time per turn.  Like BBR's, the probe fills
+the idle time it measured at once, then waits a cycle.  Recompute lags a cut (agents whose
+history was already evicted still come back to recompute it), so after a cut the budget settles
+(neither cut again nor grown) until as many turns have returned as there were active agents.
+
+The budget starts at a quarter of the capacity C (a slow start: prices rest on a prior until
+agents have grown and ended) and stays within [C / 4, T / (1 - MAX_IDLE)].  T = C * stagger is
+where every predicted footprint fits: footprints are projected to each agent's end, so a budget of
+the whole pool is the most that fits at once while the agents are of one age (they all reach their
+ends together: at the start of a batch); once their ages spread, the young grow while the old end,
+and the sum of the end footprints exceeds the peak of what they hold together by the measured
+factor `stagger` (accounting.stagger, >= 1).  Only lost work or the drain takes B past T, and only
+recompute brings it back.
 
 R is the share of the returning turns' prompt tokens that were history evicted since the agent's
 last turn (recomputed), I the share of the interval the engine had nothing to run while the gate
 held requests, R_max a dimensionless share; every bound is a multiple of the capacity measured at
-start-up or a ratio measured during the run, so nothing depends on the model or the workload.
+start-up, a ratio or a time measured during the run, so nothing depends on the model or the workload.
 """
 
 from __future__ import annotations
@@ -60,6 +69,8 @@ class Signals:
     used: float = 0.0  # the admitted amount (window units held by the active agents)
     stagger: float = 1.0  # end footprints of the active agents / their projected peak: how far the pool may be overcommitted
     probe: bool = False  # a turn cycle has passed since the last probe: lost work may be filled at once
+    drain: float = 0.0  # seconds the gate needs to let every held agent live at the present concurrency
+    work: float = 0.0  # seconds the engine needs for the turns the known agents have left
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +129,9 @@ class AimdPolicy:
         return self.bounds.clamp(window)
 
 
+MAX_IDLE = 0.75  # the probe overcommits the pool at most 1 / (1 - MAX_IDLE) times
+
+
 @dataclass(frozen=True, slots=True)
 class NativeParams:
     recompute_threshold: float = 0.05
@@ -142,16 +156,21 @@ class NativePolicy:
     def next_window(self, window: float, s: Signals) -> float:
         p, c = self.params, self.capacity
         r = 0.0 if s.recompute_ratio is None else s.recompute_ratio
-        if r > max(p.recompute_threshold, s.lost_work):
+        i, top = s.lost_work, max(p.max_share, s.stagger) * c  # at top every predicted footprint fits
+        gate = s.drain > s.work  # admission, not the engine, sets the batch's end
+        if r > max(p.recompute_threshold, i) and not gate:
             if not s.settling:
                 window *= p.beta
         elif s.held_agents > 0 and not s.settling:
-            i, low = s.lost_work, r <= p.recompute_threshold / 2
-            fill = p.step * c if low and (window < p.max_share * c or i > r) else 0.0
-            probe = min(window, s.used * i / (1 - i)) if s.probe and i > r and i < 1 else 0.0
-            window += max(fill, probe)
-        top = max(p.max_share, s.stagger) * c
-        return min(max(window, p.min_share * c), top)
+            grow, limit = 0.0, top
+            if r <= p.recompute_threshold / 2 and (window < p.max_share * c or i > r):
+                grow = p.step * c  # footprints fit, or work is lost
+            if s.probe and i > r and i < 1:  # the engine idled i: admit i / (1 - i) more of the same
+                grow, limit = max(grow, min(window, s.used * i / (1 - i))), top / (1 - min(i, MAX_IDLE))
+            if gate:  # the held agents' lifetimes set the end: more concurrency, a shorter drain
+                grow, limit = max(grow, p.step * c), top / (1 - MAX_IDLE)
+            window = max(window, min(window + grow, limit))
+        return min(max(window, p.min_share * c), top / (1 - MAX_IDLE))
 
 
 def slots(window: float) -> int:

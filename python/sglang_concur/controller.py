@@ -39,11 +39,38 @@ class IntervalStats:
     recomputed: int = 0  # ledger totals (turns of agents that stayed admitted) at the interval's start
     returning: int = 0
     lost: float = 0.0  # seconds the engine had nothing to run while the gate held requests
+    idle_s: float = 0.0  # seconds the engine had nothing to run (held requests or not)
+    turns: int = 0  # turns admitted
 
     def hit_rate(self) -> Optional[float]:
         """SGLang's cache hit rate: hit / (hit + prefilled)."""
         total = self.hit_tokens + self.input_tokens
         return self.hit_tokens / total if total else None
+
+
+@dataclass(slots=True)
+class Sample:
+    """One control interval (or a sum of them: the signals' horizon)."""
+    recomputed: int = 0  # history tokens of returning turns prefilled again
+    returning: int = 0  # prompt tokens of returning turns
+    lost: float = 0.0  # seconds idle while the gate held requests
+    secs: float = 0.0
+    idle_s: float = 0.0  # seconds the engine had nothing to run
+    turns: int = 0  # turns admitted
+
+    def add(self, o: "Sample") -> None:
+        for f in Sample.__slots__:
+            setattr(self, f, getattr(self, f) + getattr(o, f))
+
+    def recompute_ratio(self) -> Optional[float]:
+        return self.recomputed / self.returning if self.returning else None
+
+    def lost_work(self) -> float:
+        return min(1.0, self.lost / self.secs) if self.secs > 0 else 0.0
+
+    def busy_per_turn(self) -> Optional[float]:
+        """Engine seconds (not idle) per turn admitted."""
+        return max(0.0, self.secs - self.idle_s) / self.turns if self.turns else None
 
 
 @dataclass
@@ -72,9 +99,9 @@ class ConcurController:
     llm_times: Deque[float] = field(default_factory=lambda: deque(maxlen=512))  # admission -> reply, per turn
     now: float = 0.0  # the time of the last event (idle agents' prices are read at it)
     last_control: float = 0.0  # the time of the last control step
-    recent: Deque[Tuple[int, int, float, float]] = field(default_factory=lambda: deque(maxlen=64))  # per interval:
-    # (recomputed, returning prompt tokens, lost seconds, seconds), the signals' horizon: one turn cycle
+    recent: Deque[Sample] = field(default_factory=lambda: deque(maxlen=64))  # per interval; horizon: a turn cycle
     last_probe: float = 0.0  # when the budget last grew by the lost work (at most once per turn cycle)
+    idle_seconds: float = 0.0  # engine time with nothing to run, before the current interval
 
     @classmethod
     def create(cls, config: ConcurConfig, now: float, capacity: float) -> "ConcurController":
@@ -82,6 +109,11 @@ class ConcurController:
         window = policy.initial_window() if isinstance(policy, NativePolicy) else float(config.concur_initial_window)
         return cls(config, policy, AdmissionTable(config.concur_idle_timeout), window,
                    now + config.concur_control_interval, last_control=now)
+
+    def start_clock(self, now: float) -> None:
+        """The clock's first reading (the broadcast tick): the first interval starts here."""
+        self.now = self.last_control = now
+        self.next_control = now + self.config.concur_control_interval
 
     @property
     def budgets_tokens(self) -> bool:
@@ -163,6 +195,7 @@ class ConcurController:
 
     def turn_admitted(self, agent: str, prompt_len: int, matched: int, now: float) -> None:
         """A turn of `agent` entered a prefill batch."""
+        self.interval.turns += 1
         a = self.table.agents.get(agent)
         resumed = a is not None and a.resumed
         if resumed:
@@ -184,17 +217,33 @@ class ConcurController:
             return True
         return False
 
-    def horizon_signals(self, cycle: float) -> Tuple[Optional[float], float]:
-        """Recompute ratio and lost-work share over the last turn cycle (mean LLM time + mean gap,
-        measured; one interval until both are): the two costs the native law weighs, each seen
-        over the time an admission takes to show its effect."""
+    def horizon(self, cycle: float) -> Sample:
+        """The last turn cycle's intervals (mean LLM time + mean gap, measured; the last interval
+        until both are): the time an admission takes to show its effect."""
         cycle = 0.0 if cycle == float("inf") else cycle
-        rec = ret = lost = secs = 0.0
-        for r, p, l, e in reversed(self.recent):
-            rec, ret, lost, secs = rec + r, ret + p, lost + l, secs + e
-            if secs >= cycle:
+        h = Sample()
+        for x in reversed(self.recent):
+            h.add(x)
+            if h.secs >= cycle:
                 break
-        return (rec / ret if ret else None), (min(1.0, lost / secs) if secs > 0 else 0.0)
+        return h
+
+    def drain_and_work(self, h: Sample, cycle: float) -> Tuple[float, float]:
+        """(drain, work) in seconds.  drain: how long the gate needs to let every held agent live,
+        at the present concurrency (waves of an expected lifetime, E[turns] x cycle); work: how long
+        the engine needs for the turns the known agents have left, at the busy time per turn just
+        measured (recompute included).  (0, 0) with nothing held or until both are measured."""
+        c, e = self.table.counts(), h.busy_per_turn()
+        held = c.waiting + c.paused
+        if not held or e is None or cycle == float("inf") or not self.lifetimes_known or not self.remaining:
+            return 0.0, 0.0
+        rem, led = self.remaining, self.ledger.agents
+        left = 0.0
+        for aid in self.table.agents:
+            t = led[aid].turns if aid in led else 0
+            left += rem[t] if t < len(rem) else max(1.0, t)
+        life = rem[0] * cycle
+        return held * life / max(1, c.active) + life, e * left
 
     def cycle(self) -> float:
         """Mean LLM time + mean gap per turn, measured (inf until both are): how long an admission
@@ -240,16 +289,19 @@ class ConcurController:
             prints = sorted(footprint(led, a, 0, self.default_growth, self.remaining, self.ceiling) for a in led.agents)
             self.typical = prints[len(prints) // 2] if prints else 0.0
         self.table.refresh(self.charge)
-        self.recent.append((led.admitted_recomputed - iv.recomputed, led.admitted_prompt_tokens - iv.returning,
-                            iv.lost, now - self.last_control))
+        self.recent.append(Sample(led.admitted_recomputed - iv.recomputed, led.admitted_prompt_tokens - iv.returning,
+                                  iv.lost, now - self.last_control, iv.idle_s, iv.turns))
         self.last_control = now
+        self.idle_seconds += iv.idle_s
         cycle = self.cycle()
-        ratio, lost = self.horizon_signals(cycle)
+        h = self.horizon(cycle)
+        drain, work = self.drain_and_work(h, cycle) if self.budgets_tokens else (0.0, 0.0)
         held_agents = len({r.routing_key for r in self.held})
-        s = Signals(kv_usage=kv_usage, hit_rate=iv.hit_rate(), recompute_ratio=ratio, held_agents=held_agents,
-                    settling=led.returning_turns < self.settle_until_turns, lost_work=lost,
+        s = Signals(kv_usage=kv_usage, hit_rate=iv.hit_rate(), recompute_ratio=h.recompute_ratio(),
+                    held_agents=held_agents,
+                    settling=led.returning_turns < self.settle_until_turns, lost_work=h.lost_work(),
                     used=self.table.used, stagger=self.stagger() if self.budgets_tokens else 1.0,
-                    probe=now - self.last_probe >= cycle)
+                    probe=now - self.last_probe >= cycle, drain=drain, work=work)
         self.last_signals = s
         self.interval = IntervalStats(recomputed=led.admitted_recomputed, returning=led.admitted_prompt_tokens)
         old = self.window_size(self.window)
@@ -314,9 +366,12 @@ class ConcurController:
             **{f"kv_tokens_{kind}": n for kind, n in self.kv_tokens().items()},
             "evicted_tokens": self.ledger.evicted_tokens,
             "recomputed_tokens": self.ledger.recomputed_tokens,
+            "idle_seconds": self.idle_seconds + self.interval.idle_s,
             "window_changes": dict(self.window_changes),
             "lost_work": None if s is None else s.lost_work,
             "stagger": None if s is None else s.stagger,
+            "drain_s": None if s is None else s.drain,
+            "work_s": None if s is None else s.work,
             "decision_digest": f"{self.digest():08x}",
             "kv_usage": None if s is None else s.kv_usage,
             "hit_rate": None if s is None else s.hit_rate,

@@ -55,6 +55,7 @@ class SchedulerGate:
         self._memo: Optional[tuple] = None  # (queue list, its length, its tail, held at its head, epoch) after a step
         self._idle_held = False  # the last pass left the engine idle while requests were held
         self._last_pass = 0.0
+        self._idle = False  # the last pass left the engine with nothing to run
         self._original_prefill, s.get_new_batch_prefill = s.get_new_batch_prefill, self.get_new_batch_prefill
         self._original_add, s._add_request_to_queue = s._add_request_to_queue, self.add_request_to_queue
         self._original_queue_limit, s._abort_on_queued_limit = s._abort_on_queued_limit, self.abort_on_queued_limit
@@ -80,6 +81,8 @@ class SchedulerGate:
         return out
 
     def tick(self, req: ConcurTick) -> None:
+        if not self.now:  # the first tick: the controller was made before the clock ran
+            self.controller.start_clock(req.now)
         self.now = req.now
 
     # --- hook: Scheduler.get_new_batch_prefill -------------------------------------------
@@ -89,6 +92,8 @@ class SchedulerGate:
         requests).  Otherwise the admission decision reruns (Python, O(queued agents)) and the
         queue is split with C-level passes (routing keys, set tests)."""
         s, ctl, now = self.scheduler, self.controller, self.now
+        if self._idle:
+            ctl.interval.idle_s += now - self._last_pass
         if self._idle_held:
             ctl.interval.lost += now - self._last_pass
         self._last_pass = now
@@ -137,7 +142,8 @@ class SchedulerGate:
             self._epoch += 1
         q = s.waiting_queue
         self._memo = (q, len(q), q[-1] if q else None, len(held), self._epoch)
-        self._idle_held = bool(held) and batch is None and plan.running_batch.is_empty()
+        self._idle = batch is None and plan.running_batch.is_empty()
+        self._idle_held = bool(held) and self._idle
         if self._idle_held:
             self._nap()
         return plan
@@ -292,7 +298,8 @@ class SchedulerGate:
             hit = "none" if sig.hit_rate is None else f"{sig.hit_rate:.3f}"
             logger.info(
                 f"concur window change, old={changed[0]}, new={changed[1]}, policy={ctl.policy.name}, "
-                f"kv_usage={sig.kv_usage:.3f}, hit_rate={hit}, lost_work={sig.lost_work:.3f}, active={c.active}, "
+                f"kv_usage={sig.kv_usage:.3f}, hit_rate={hit}, lost_work={sig.lost_work:.3f}, "
+                f"drain_s={sig.drain:.1f}, work_s={sig.work:.1f}, active={c.active}, "
                 f"paused={c.paused}, waiting={c.waiting}, digest={ctl.digest():08x}"
             )
         if self.metrics is not None:
@@ -360,6 +367,9 @@ class _Metrics:
         self.hit_rate = gauge("sglang:concur_hit_rate", "Prefix hit rate over the last control interval.")
         self.lost_work = gauge("sglang:concur_lost_work", "Share of the last control interval the engine idled "
                                                           "while the gate held requests.")
+        self.drain = gauge("sglang:concur_drain_seconds", "native: seconds the gate needs to let every held agent "
+                                                          "live at the present concurrency.")
+        self.work = gauge("sglang:concur_work_seconds", "native: engine seconds the known agents' remaining turns need.")
         self.holds = Counter("sglang:concur_held_agents", "Agents held back by the gate (waiting or paused), "
                              "once per wait.", labelnames=names)
         self.changes = Counter("sglang:concur_window_changes", "Window changes.", labelnames=names + ["direction"])
@@ -381,6 +391,8 @@ class _Metrics:
         sig = ctl.last_signals
         self.kv_usage.labels(**lab).set(sig.kv_usage)
         self.lost_work.labels(**lab).set(sig.lost_work)
+        self.drain.labels(**lab).set(sig.drain)
+        self.work.labels(**lab).set(sig.work)
         if sig.hit_rate is not None:
             self.hit_rate.labels(**lab).set(sig.hit_rate)
         for kind, n in ctl.kv_tokens().items():
