@@ -129,7 +129,7 @@ class AimdPolicy:
         return self.bounds.clamp(window)
 
 
-MAX_IDLE = 0.75  # the probe overcommits the pool at most 1 / (1 - MAX_IDLE) times
+MAX_IDLE = 0.75  # lost work or the drain overcommit the pool at most 1 / (1 - MAX_IDLE) = 4 times
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +157,7 @@ class NativePolicy:
         p, c = self.params, self.capacity
         r = 0.0 if s.recompute_ratio is None else s.recompute_ratio
         i, top = s.lost_work, max(p.max_share, s.stagger) * c  # at top every predicted footprint fits
+        most = top / (1 - MAX_IDLE)
         gate = s.drain > s.work  # admission, not the engine, sets the batch's end
         if r > max(p.recompute_threshold, i) and not gate:
             if not s.settling:
@@ -168,9 +169,9 @@ class NativePolicy:
             if s.probe and i > r and i < 1:  # the engine idled i: admit i / (1 - i) more of the same
                 grow, limit = max(grow, min(window, s.used * i / (1 - i))), top / (1 - min(i, MAX_IDLE))
             if gate:  # the held agents' lifetimes set the end: more concurrency, a shorter drain
-                grow, limit = max(grow, p.step * c), top / (1 - MAX_IDLE)
+                grow, limit = max(grow, p.step * c), most
             window = max(window, min(window + grow, limit))
-        return min(max(window, p.min_share * c), top / (1 - MAX_IDLE))
+        return min(max(window, p.min_share * c), most)
 
 
 def slots(window: float) -> int:
