@@ -95,6 +95,21 @@ def test_native_pauses_when_predicted_to_need_twice_the_budget():
     assert counts.paused == 3 and counts.waiting == 2  # four had been admitted at the prior price
 
 
+def test_native_does_not_pause_while_the_gate_sets_the_end():
+    """The same overrun as above, but agents wait and each lives far longer (long tools) than the
+    engine needs for all the work: a pause would delay exactly the agents the drain is waiting for."""
+    c = native_with_agents(6, 4000, capacity=10_000)
+    c.ledger.lifetimes = [20, 20, 20]  # agents live 20 turns
+    c.llm_times.append(2.0)
+    c.gaps.observe(10.0)  # a turn cycle of 12 s, mostly tool time
+    c.control_step(1.0, kv_usage=0.5, busy={})  # 12 turns in 1 s of engine time
+    s = c.last_signals
+    assert c.table.counts().waiting == 2 and s.drain > s.work > 0
+    assert c.table.used > 2 * c.window and c.pause_to == float("inf")
+    c.admit([f"a{i}" for i in range(6)], {}, 1.1)
+    assert c.table.counts().paused == 0
+
+
 def static_controller(window: int = 2, idle_timeout: float = 600.0) -> ConcurController:
     cfg = ConcurConfig(concur_enable=True, concur_policy="static", concur_initial_window=window,
                        concur_idle_timeout=idle_timeout)

@@ -9,7 +9,8 @@ For `native` it also prices agents and decides when pausing is worth it:
 - a mild cut (recompute above the threshold) only stops admission: pausing throws history away;
 - agents are paused, at turn boundaries, down to the budget only when recompute is severe (over
   four times the threshold) or the active agents are predicted to need twice the budget (early,
-  while the histories a pause throws away are short).
+  while the histories a pause throws away are short), and never while the gate's drain exceeds the
+  engine's work: a paused agent is held, and the held agents' lifetimes then set the batch's end.
 
 For every policy, an agent with nothing queued or in flight keeps its room while it is more
 likely in a tool than gone (agents.GapModel); then its room is released (the end call is an
@@ -308,11 +309,13 @@ class ConcurController:
         window = self.policy.next_window(self.window, s)
         if self.budgets_tokens and window > self.window + self.policy.params.step * self.policy.capacity + 1e-9:
             self.last_probe = now
+        engine_bound = s.work >= s.drain  # a pause delays held agents: worth it only while they do not set the end
         if window < self.window:  # a cut: let every active agent come back once before the next
             self.settle_until_turns = led.returning_turns + max(1, len(self.table.active))
-            if self.budgets_tokens and s.recompute_ratio is not None and s.recompute_ratio > 4 * self.policy.params.recompute_threshold:
+            if (self.budgets_tokens and engine_bound and s.recompute_ratio is not None
+                    and s.recompute_ratio > 4 * self.policy.params.recompute_threshold):
                 self.pause_to = window  # severe: pause down to the budget; a mild cut only stops admission
-        if self.budgets_tokens and self.table.used > 2 * window:  # predicted to need twice the budget:
+        if self.budgets_tokens and engine_bound and self.table.used > 2 * window:  # predicted to need twice the budget:
             self.pause_to = window  # pause now, while the histories a pause throws away are short
         elif window > self.window or self.table.used <= self.pause_to:  # the cut is done with
             self.pause_to = float("inf")
