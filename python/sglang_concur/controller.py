@@ -9,8 +9,9 @@ For `native` it also prices agents and decides when pausing is worth it:
 - a mild cut (recompute above the threshold) only stops admission: pausing throws history away;
 - agents are paused, at turn boundaries, down to the budget only when recompute is severe (over
   four times the threshold) or the active agents are predicted to need twice the budget (early,
-  while the histories a pause throws away are short), and never while the gate's drain exceeds the
-  engine's work: a paused agent is held, and the held agents' lifetimes then set the batch's end.
+  while the histories a pause throws away are short); no cut starts pausing while the gate's drain
+  exceeds the engine's work: a paused agent is held, and the held agents' lifetimes then set the
+  batch's end (a pause already under way goes on until the budget grows or the active agents fit).
 
 For every policy, an agent with nothing queued or in flight keeps its room while it is more
 likely in a tool than gone (agents.GapModel); then its room is released (the end call is an
