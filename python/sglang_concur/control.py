@@ -72,6 +72,11 @@ class Signals:
     drain: float = 0.0  # seconds the gate needs to let every held agent live at the present concurrency
     work: float = 0.0  # seconds the engine needs for the turns the known agents have left
 
+    @property
+    def gate_bound(self) -> bool:
+        """Admission, not the engine, sets the batch's end: the drain outlasts the work."""
+        return self.drain > self.work
+
 
 @dataclass(frozen=True, slots=True)
 class AimdParams:
@@ -158,7 +163,7 @@ class NativePolicy:
         r = 0.0 if s.recompute_ratio is None else s.recompute_ratio
         i, top = s.lost_work, max(p.max_share, s.stagger) * c  # at top every predicted footprint fits
         most = top / (1 - MAX_IDLE)
-        gate = s.drain > s.work  # admission, not the engine, sets the batch's end
+        gate = s.gate_bound
         if r > max(p.recompute_threshold, i) and not gate:
             if not s.settling:
                 window *= p.beta

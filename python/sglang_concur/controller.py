@@ -310,13 +310,12 @@ class ConcurController:
         window = self.policy.next_window(self.window, s)
         if self.budgets_tokens and window > self.window + self.policy.params.step * self.policy.capacity + 1e-9:
             self.last_probe = now
-        engine_bound = s.work >= s.drain  # a pause delays held agents: worth it only while they do not set the end
+        pause_allowed = self.budgets_tokens and not s.gate_bound  # a pause delays held agents: not while they set the end
         if window < self.window:  # a cut: let every active agent come back once before the next
             self.settle_until_turns = led.returning_turns + max(1, len(self.table.active))
-            if (self.budgets_tokens and engine_bound and s.recompute_ratio is not None
-                    and s.recompute_ratio > 4 * self.policy.params.recompute_threshold):
+            if pause_allowed and s.recompute_ratio is not None and s.recompute_ratio > 4 * self.policy.params.recompute_threshold:
                 self.pause_to = window  # severe: pause down to the budget; a mild cut only stops admission
-        if self.budgets_tokens and engine_bound and self.table.used > 2 * window:  # predicted to need twice the budget:
+        if pause_allowed and self.table.used > 2 * window:  # predicted to need twice the budget:
             self.pause_to = window  # pause now, while the histories a pause throws away are short
         elif window > self.window or self.table.used <= self.pause_to:  # the cut is done with
             self.pause_to = float("inf")
